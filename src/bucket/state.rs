@@ -1,0 +1,367 @@
+//! The state of one replicated bucket, its join, and the admit/read operations.
+
+use smallvec::SmallVec;
+
+use crate::unit::Unit;
+
+/// Parameters of one bucket: capacity `C` tokens, refilled at `per_unit` tokens every unit.
+///
+/// Kept to 16 bytes because every live key stores its limit next to its state (GC and metrics
+/// must interpret a state without looking up a rule that a reload may have removed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Limit {
+    capacity: u32,
+    per_unit: u32,
+    unit_ns: u64,
+}
+
+impl Limit {
+    /// `None` when the limit admits nothing (`per_unit == 0` or `capacity == 0`): such a rule has
+    /// no bucket, it blocks every request.
+    pub fn new(capacity: u32, per_unit: u32, unit: Unit) -> Option<Limit> {
+        Self::with_unit_ns(capacity, per_unit, unit.nanos())
+    }
+
+    pub fn with_unit_ns(capacity: u32, per_unit: u32, unit_ns: u64) -> Option<Limit> {
+        (capacity > 0 && per_unit > 0 && unit_ns > 0).then_some(Limit {
+            capacity,
+            per_unit,
+            unit_ns,
+        })
+    }
+
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    pub fn per_unit(&self) -> u32 {
+        self.per_unit
+    }
+
+    pub fn unit_ns(&self) -> u64 {
+        self.unit_ns
+    }
+
+    /// Tokens added per second (`r`).
+    pub fn fill_rate_per_second(&self) -> f64 {
+        self.per_unit as f64 * 1e9 / self.unit_ns as f64
+    }
+
+    /// Wall nanoseconds to scaled time: exact, one token is `unit_ns` scaled units.
+    fn scaled(&self, t_ns: i64) -> i128 {
+        (t_ns as i128).saturating_mul(self.per_unit as i128)
+    }
+
+    /// Scaled duration of one token (`T_s`).
+    fn token(&self) -> i128 {
+        self.unit_ns as i128
+    }
+
+    /// Scaled duration of `n` tokens.
+    fn tokens_span(&self, n: u64) -> i128 {
+        self.token().saturating_mul(n as i128)
+    }
+
+    /// Scaled duration back to nanoseconds, rounded up (a reset is never announced early).
+    fn unscale_ceil(&self, d: i128) -> i128 {
+        let r = self.per_unit as i128;
+        d.saturating_add(r - 1) / r
+    }
+}
+
+/// A compact index that names a replica (node + incarnation) in this process. The mapping to the
+/// replica's full identity lives outside the pure bucket code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct ReplicaId(pub u32);
+
+/// One replica's G-counters for a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Slot {
+    pub replica: ReplicaId,
+    /// Tokens this replica admitted.
+    pub consumed: u64,
+    /// Tokens this replica was asked for, admitted or not: its demand, for fair shares.
+    pub requested: u64,
+}
+
+/// What an admit or a read tells the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub allowed: bool,
+    /// Whole tokens available after the decision, clamped to `0..=C`.
+    pub remaining: u64,
+    /// Nanoseconds until the bucket is full again.
+    pub reset_ns: u64,
+    /// When the bucket is full again, in wall nanoseconds (for per-rule aggregates).
+    pub full_at_ns: i64,
+}
+
+/// The mergeable state of one key. Bottom (`Default`) is a full bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BucketState {
+    gen: u32,
+    base: i128,
+    forgiven: i128,
+    /// Sorted by replica; a key touched by one node holds one slot inline, without allocating.
+    slots: SmallVec<[Slot; 1]>,
+}
+
+impl BucketState {
+    /// A fresh key created in generation `gen`.
+    pub fn new(gen: u32) -> Self {
+        BucketState {
+            gen,
+            ..Default::default()
+        }
+    }
+
+    /// Rebuild a state received from a peer. Slots may come in any order and with duplicates;
+    /// duplicates join by `max`, so a malformed but well-typed frame cannot corrupt the state.
+    pub fn from_parts(
+        gen: u32,
+        base: i128,
+        forgiven: i128,
+        slots: impl IntoIterator<Item = Slot>,
+    ) -> Self {
+        let mut s = BucketState::new(gen);
+        s.base = base;
+        s.forgiven = forgiven;
+        for slot in slots
+            .into_iter()
+            .filter(|s| s.consumed != 0 || s.requested != 0)
+        {
+            let mine = s.slot_mut(slot.replica);
+            mine.consumed = mine.consumed.max(slot.consumed);
+            mine.requested = mine.requested.max(slot.requested);
+        }
+        s
+    }
+
+    pub fn gen(&self) -> u32 {
+        self.gen
+    }
+
+    pub fn base(&self) -> i128 {
+        self.base
+    }
+
+    pub fn forgiven(&self) -> i128 {
+        self.forgiven
+    }
+
+    pub fn slots(&self) -> &[Slot] {
+        &self.slots
+    }
+
+    fn consumed_total(&self) -> i128 {
+        self.slots
+            .iter()
+            .fold(0i128, |acc, s| acc.saturating_add(s.consumed as i128))
+    }
+
+    /// Theoretical arrival time, scaled: the bucket is full again at TAT.
+    fn tat(&self, limit: &Limit) -> i128 {
+        self.base
+            .saturating_add(limit.token().saturating_mul(self.consumed_total()))
+            .saturating_sub(self.forgiven)
+    }
+
+    fn slot_mut(&mut self, replica: ReplicaId) -> &mut Slot {
+        let i = match self.slots.binary_search_by_key(&replica, |s| s.replica) {
+            Ok(i) => i,
+            Err(i) => {
+                self.slots.insert(
+                    i,
+                    Slot {
+                        replica,
+                        ..Slot::default()
+                    },
+                );
+                i
+            }
+        };
+        &mut self.slots[i]
+    }
+
+    fn outcome(&self, limit: &Limit, tat: i128, t: i128, allowed: bool) -> Outcome {
+        let ahead = tat.saturating_sub(t).max(0);
+        let used = ahead.saturating_add(limit.token() - 1) / limit.token();
+        let remaining = (limit.capacity as i128 - used).clamp(0, limit.capacity as i128) as u64;
+        let reset = limit.unscale_ceil(ahead);
+        let full_at = limit.unscale_ceil(tat.max(0));
+        Outcome {
+            allowed,
+            remaining,
+            reset_ns: reset.clamp(0, u64::MAX as i128) as u64,
+            full_at_ns: full_at.clamp(0, i64::MAX as i128) as i64,
+        }
+    }
+
+    /// Whether `n` tokens would be admitted at `now`, without changing anything. `n = 0` asks
+    /// whether the bucket is within its limit at all (false only while in debt).
+    pub fn check(&self, limit: &Limit, n: u64, now: i64) -> bool {
+        let t = limit.scaled(now);
+        let tat = self.tat(limit).max(t);
+        tat.saturating_add(limit.tokens_span(n))
+            <= t.saturating_add(limit.tokens_span(limit.capacity as u64))
+    }
+
+    /// Read the bucket at `now` without changing it (a query, `hits_addend = 0`).
+    pub fn peek(&self, limit: &Limit, now: i64) -> Outcome {
+        let t = limit.scaled(now);
+        let tat = self.tat(limit);
+        let allowed = self.check(limit, 0, now);
+        self.outcome(limit, tat, t, allowed)
+    }
+
+    /// Whole tokens available at `now` (negative while in debt).
+    pub fn tokens(&self, limit: &Limit, now: i64) -> i128 {
+        let t = limit.scaled(now);
+        let ahead = self.tat(limit).saturating_sub(t).max(0);
+        let used = ahead.saturating_add(limit.token() - 1) / limit.token();
+        limit.capacity as i128 - used
+    }
+
+    /// Nanoseconds until the bucket is full again.
+    pub fn time_until_full(&self, limit: &Limit, now: i64) -> u64 {
+        self.peek(limit, now).reset_ns
+    }
+
+    /// Admit `n` tokens for `who` at `now` if the bucket holds them; debt is capped at
+    /// `debt_cap` tokens (forgiveness, `K`). Every step only inflates the state, so the result
+    /// merges with whatever other replicas did meanwhile.
+    pub fn admit(
+        &mut self,
+        limit: &Limit,
+        who: ReplicaId,
+        n: u64,
+        now: i64,
+        debt_cap: u64,
+    ) -> Outcome {
+        self.charge(limit, who, n, now, debt_cap, true)
+    }
+
+    /// Like [`admit`](Self::admit), but `permit = false` forces a refusal that still records the
+    /// demand: a request that another descriptor (or the burst guard) rejected charges nothing.
+    pub fn charge(
+        &mut self,
+        limit: &Limit,
+        who: ReplicaId,
+        n: u64,
+        now: i64,
+        debt_cap: u64,
+        permit: bool,
+    ) -> Outcome {
+        let t = limit.scaled(now);
+        let mut tat = self.tat(limit);
+        // 1. Full bucket: forget the overflow (GCRA's max(TAT, t)).
+        if tat < t {
+            self.base = self.base.saturating_add(t.saturating_sub(tat));
+            tat = self.tat(limit);
+        }
+        // 2. Debt beyond K tokens is forgiven, so late remote consumption cannot lock out a key
+        //    for longer than K / r.
+        let ceiling =
+            t.saturating_add(limit.tokens_span((limit.capacity as u64).saturating_add(debt_cap)));
+        if tat > ceiling {
+            self.forgiven = self.forgiven.saturating_add(tat.saturating_sub(ceiling));
+            tat = self.tat(limit);
+        }
+        // 3. Admit iff the tokens are there.
+        let cost = limit.tokens_span(n);
+        let fits = tat.max(t).saturating_add(cost)
+            <= t.saturating_add(limit.tokens_span(limit.capacity as u64));
+        let allowed = permit && fits;
+        if n > 0 {
+            let slot = self.slot_mut(who);
+            slot.requested = slot.requested.saturating_add(n);
+            if allowed {
+                slot.consumed = slot.consumed.saturating_add(n);
+                tat = self.tat(limit);
+            }
+        }
+        self.outcome(limit, tat, t, allowed)
+    }
+
+    /// Merge another replica's view of the same key. Returns whether `self` changed.
+    ///
+    /// Higher `gen` wins wholesale (a recreated key replaces stale state); equal `gen` takes the
+    /// max of every field. Commutative, associative, idempotent; bottom is the identity.
+    pub fn join(&mut self, other: &BucketState) -> bool {
+        if other.gen > self.gen {
+            *self = other.clone();
+            return true;
+        }
+        if other.gen < self.gen {
+            return false;
+        }
+        let mut changed = false;
+        if other.base > self.base {
+            self.base = other.base;
+            changed = true;
+        }
+        if other.forgiven > self.forgiven {
+            self.forgiven = other.forgiven;
+            changed = true;
+        }
+        // States keep no all-zero slots (see `from_parts` and `charge`), so every slot inserted here
+        // carries a count and the representation stays canonical: equal states compare equal.
+        for theirs in &other.slots {
+            let mine = self.slot_mut(theirs.replica);
+            if theirs.consumed > mine.consumed {
+                mine.consumed = theirs.consumed;
+                changed = true;
+            }
+            if theirs.requested > mine.requested {
+                mine.requested = theirs.requested;
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// The lattice order: `self <= other` iff joining `self` into `other` changes nothing.
+    pub fn le(&self, other: &BucketState) -> bool {
+        if self.gen != other.gen {
+            return self.gen < other.gen;
+        }
+        self.base <= other.base
+            && self.forgiven <= other.forgiven
+            && self.slots.iter().all(|s| {
+                let o = other
+                    .slots
+                    .iter()
+                    .find(|o| o.replica == s.replica)
+                    .copied()
+                    .unwrap_or(Slot {
+                        replica: s.replica,
+                        ..Slot::default()
+                    });
+                s.consumed <= o.consumed && s.requested <= o.requested
+            })
+    }
+
+    /// True once the bucket has been full at least since `now - horizon_ns`: the key can be
+    /// deleted, because its state is then equivalent to an absent key (a full bucket).
+    pub fn is_idle(&self, limit: &Limit, now: i64, horizon_ns: i64) -> bool {
+        self.tat(limit) <= limit.scaled(now.saturating_sub(horizon_ns))
+    }
+
+    /// When the bucket is full again, in wall nanoseconds.
+    pub fn full_at_ns(&self, limit: &Limit) -> i64 {
+        limit
+            .unscale_ceil(self.tat(limit).max(0))
+            .clamp(0, i64::MAX as i128) as i64
+    }
+
+    /// Tokens this replica admitted on this key.
+    pub fn consumed_by(&self, who: ReplicaId) -> u64 {
+        self.slots
+            .iter()
+            .find(|s| s.replica == who)
+            .map_or(0, |s| s.consumed)
+    }
+}
+
+#[cfg(test)]
+mod tests;

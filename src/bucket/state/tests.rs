@@ -1,0 +1,394 @@
+use proptest::prelude::*;
+
+use super::*;
+
+const T0: i64 = 1_700_000_000_000_000_000;
+const ME: ReplicaId = ReplicaId(0);
+const SEC: i64 = 1_000_000_000;
+
+fn limit(c: u32, r: u32, unit: Unit) -> Limit {
+    Limit::new(c, r, unit).expect("valid limit")
+}
+
+/// A plain token-counting bucket, written independently of GCRA: tokens are kept scaled by
+/// `unit_ns` so refill is exact (`R` scaled tokens per nanosecond).
+struct ReferenceBucket {
+    capacity: i128,
+    per_unit: i128,
+    unit_ns: i128,
+    tokens_scaled: i128,
+    last: i128,
+}
+
+impl ReferenceBucket {
+    fn new(l: &Limit, start: i64) -> Self {
+        ReferenceBucket {
+            capacity: l.capacity() as i128,
+            per_unit: l.per_unit() as i128,
+            unit_ns: l.unit_ns() as i128,
+            tokens_scaled: l.capacity() as i128 * l.unit_ns() as i128,
+            last: start as i128,
+        }
+    }
+
+    fn refill(&mut self, now: i64) {
+        let now = now as i128;
+        if now > self.last {
+            let full = self.capacity * self.unit_ns;
+            self.tokens_scaled = (self.tokens_scaled + (now - self.last) * self.per_unit).min(full);
+            self.last = now;
+        }
+    }
+
+    /// (allowed, remaining, reset_ns)
+    fn take(&mut self, n: u64, now: i64) -> (bool, u64, u64) {
+        self.refill(now);
+        let cost = n as i128 * self.unit_ns;
+        let allowed = self.tokens_scaled >= cost;
+        if allowed {
+            self.tokens_scaled -= cost;
+        }
+        let remaining = (self.tokens_scaled / self.unit_ns) as u64;
+        let missing = self.capacity * self.unit_ns - self.tokens_scaled;
+        let reset = (missing + self.per_unit - 1) / self.per_unit;
+        (allowed, remaining, reset as u64)
+    }
+}
+
+#[test]
+fn ten_per_second_admits_a_burst_of_ten_then_refills_continuously() {
+    let l = limit(10, 10, Unit::Second);
+    let mut s = BucketState::new(0);
+    for i in 0..10 {
+        let o = s.admit(&l, ME, 1, T0, 0);
+        assert!(o.allowed, "request {i} of the burst");
+        assert_eq!(o.remaining, 9 - i);
+    }
+    assert!(!s.admit(&l, ME, 1, T0, 0).allowed);
+    // After 0.35 s, 3.5 tokens have come back: 3 whole ones.
+    let later = T0 + 350_000_000;
+    assert_eq!(s.tokens(&l, later), 3);
+    assert_eq!(s.time_until_full(&l, later), 650_000_000);
+    for _ in 0..3 {
+        assert!(s.admit(&l, ME, 1, later, 0).allowed);
+    }
+    assert!(!s.admit(&l, ME, 1, later, 0).allowed);
+}
+
+#[test]
+fn reset_is_the_time_until_the_bucket_is_full() {
+    let l = limit(60, 60, Unit::Minute);
+    let mut s = BucketState::new(0);
+    let o = s.admit(&l, ME, 6, T0, 0);
+    assert_eq!(o.reset_ns, 6 * SEC as u64);
+    assert_eq!(o.full_at_ns, T0 + 6 * SEC);
+    assert_eq!(s.time_until_full(&l, T0 + 6 * SEC), 0);
+}
+
+#[test]
+fn a_request_larger_than_the_capacity_is_never_admitted() {
+    let l = limit(5, 5, Unit::Second);
+    let mut s = BucketState::new(0);
+    assert!(!s.admit(&l, ME, 6, T0, 0).allowed);
+    assert_eq!(s.tokens(&l, T0), 5, "a refused request charges nothing");
+}
+
+#[test]
+fn burst_capacity_is_independent_of_the_refill_rate() {
+    // 1 token per second, but up to 20 at once.
+    let l = limit(20, 1, Unit::Second);
+    let mut s = BucketState::new(0);
+    assert!(s.admit(&l, ME, 20, T0, 0).allowed);
+    assert!(!s.admit(&l, ME, 1, T0, 0).allowed);
+    assert!(s.admit(&l, ME, 1, T0 + SEC, 0).allowed);
+}
+
+#[test]
+fn a_query_reads_without_consuming() {
+    let l = limit(3, 3, Unit::Hour);
+    let mut s = BucketState::new(0);
+    s.admit(&l, ME, 3, T0, 0);
+    let before = s.clone();
+    let o = s.peek(&l, T0);
+    assert!(
+        o.allowed,
+        "an exhausted bucket is at its limit, not over it"
+    );
+    assert_eq!(o.remaining, 0);
+    assert_eq!(s, before);
+}
+
+#[test]
+fn forced_refusal_records_demand_but_consumes_nothing() {
+    let l = limit(3, 3, Unit::Second);
+    let mut s = BucketState::new(0);
+    let o = s.charge(&l, ME, 2, T0, 0, false);
+    assert!(!o.allowed);
+    assert_eq!(s.tokens(&l, T0), 3);
+    assert_eq!(s.slots()[0].requested, 2);
+    assert_eq!(s.slots()[0].consumed, 0);
+}
+
+#[test]
+fn late_remote_consumption_becomes_debt_that_is_repaid_at_the_refill_rate() {
+    let l = limit(10, 10, Unit::Second);
+    let mut a = BucketState::new(0);
+    let mut b = BucketState::new(0);
+    // Both replicas drain the full bucket concurrently.
+    assert!(a.admit(&l, ReplicaId(1), 10, T0, 100).allowed);
+    assert!(b.admit(&l, ReplicaId(2), 10, T0, 100).allowed);
+    a.join(&b);
+    assert_eq!(
+        a.tokens(&l, T0),
+        -10,
+        "20 admitted against a capacity of 10"
+    );
+    // 1 s later the debt is repaid, but the bucket is still empty.
+    assert_eq!(a.tokens(&l, T0 + SEC), 0);
+    assert!(!a.admit(&l, ReplicaId(1), 1, T0 + SEC, 100).allowed);
+    assert_eq!(a.tokens(&l, T0 + 2 * SEC), 10);
+}
+
+#[test]
+fn debt_beyond_the_forgiveness_cap_is_forgiven() {
+    let l = limit(10, 10, Unit::Second);
+    let mut a = BucketState::new(0);
+    let b = BucketState::from_parts(
+        0,
+        0,
+        0,
+        [Slot {
+            replica: ReplicaId(2),
+            consumed: 1_000,
+            requested: 1_000,
+        }],
+    );
+    a.admit(&l, ReplicaId(1), 0, T0, 5);
+    a.join(&b);
+    assert!(a.tokens(&l, T0) < -900);
+    // The next admit caps the debt at K = 5 tokens.
+    assert!(!a.admit(&l, ReplicaId(1), 1, T0, 5).allowed);
+    assert_eq!(a.tokens(&l, T0), -5);
+}
+
+#[test]
+fn higher_generation_replaces_stale_state() {
+    let l = limit(10, 10, Unit::Second);
+    let mut old = BucketState::new(1);
+    old.admit(&l, ME, 10, T0, 0);
+    let fresh = BucketState::new(2);
+    let mut merged = old.clone();
+    assert!(merged.join(&fresh));
+    assert_eq!(merged, fresh);
+    let mut other_way = fresh.clone();
+    assert!(!other_way.join(&old));
+    assert_eq!(other_way, fresh);
+}
+
+#[test]
+fn no_overflow_at_the_extremes() {
+    let l = limit(u32::MAX, 1_000_000_000, Unit::Year);
+    let near_max = (1u64 << 63) - 1;
+    let mut s = BucketState::from_parts(
+        u32::MAX,
+        i128::MAX / 2,
+        0,
+        (0..4).map(|i| Slot {
+            replica: ReplicaId(i),
+            consumed: near_max,
+            requested: u64::MAX,
+        }),
+    );
+    for t in [i64::MIN, -1, 0, T0, i64::MAX] {
+        let o = s.admit(&l, ME, u64::MAX, t, u64::MAX);
+        assert!(!o.allowed);
+        let _ = s.peek(&l, t);
+        let _ = s.tokens(&l, t);
+        let _ = s.is_idle(&l, t, i64::MAX);
+        let _ = s.full_at_ns(&l);
+    }
+    let mut hostile = BucketState::from_parts(0, i128::MIN, i128::MAX, []);
+    let _ = hostile.admit(&l, ME, 1, T0, u64::MAX);
+    hostile.join(&s);
+}
+
+#[test]
+fn year_limit_with_a_billion_per_unit_is_exact() {
+    let l = limit(1_000_000_000, 1_000_000_000, Unit::Year);
+    let mut s = BucketState::new(0);
+    assert!(s.admit(&l, ME, 1_000_000_000, T0, 0).allowed);
+    // One token comes back every year / 1e9 = 31.536 ms.
+    let token_ns = Unit::Year.nanos() as i64 / 1_000_000_000;
+    assert_eq!(s.tokens(&l, T0 + token_ns - 1), 0);
+    assert_eq!(s.tokens(&l, T0 + token_ns), 1);
+}
+
+#[test]
+fn idle_only_after_being_full_for_the_horizon() {
+    let l = limit(10, 10, Unit::Second);
+    let mut s = BucketState::new(0);
+    s.admit(&l, ME, 10, T0, 0);
+    let full_at = T0 + SEC;
+    assert!(!s.is_idle(&l, full_at + 60 * SEC - 1, 60 * SEC));
+    assert!(s.is_idle(&l, full_at + 60 * SEC, 60 * SEC));
+}
+
+// ---- properties ----------------------------------------------------------------------------
+
+fn arb_slot() -> impl Strategy<Value = Slot> {
+    (0u32..4, 0u64..2_000, 0u64..4_000).prop_map(|(r, c, q)| Slot {
+        replica: ReplicaId(r),
+        consumed: c,
+        requested: q.max(c),
+    })
+}
+
+fn arb_state() -> impl Strategy<Value = BucketState> {
+    // Bases around T0 scaled by R = 100: for smaller R the bucket is in debt, for larger R full.
+    (
+        0u32..3,
+        0i128..10_000_000_000_000,
+        0i128..1_000_000_000_000,
+        prop::collection::vec(arb_slot(), 0..5),
+    )
+        .prop_map(|(g, b, f, slots)| BucketState::from_parts(g, T0 as i128 * 100 + b, f, slots))
+}
+
+fn arb_limit() -> impl Strategy<Value = Limit> {
+    (
+        1u32..200,
+        1u32..200,
+        prop::sample::select(Unit::ALL.to_vec()),
+    )
+        .prop_map(|(c, r, u)| limit(c, r, u))
+}
+
+/// Time steps: mostly small, some equal timestamps, some huge gaps.
+fn arb_step() -> impl Strategy<Value = i64> {
+    prop_oneof![
+        3 => Just(0i64),
+        6 => 0i64..2 * SEC,
+        1 => 0i64..(400 * 86_400 * SEC),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn join_is_commutative(a in arb_state(), b in arb_state()) {
+        let mut ab = a.clone();
+        ab.join(&b);
+        let mut ba = b.clone();
+        ba.join(&a);
+        prop_assert_eq!(ab, ba);
+    }
+
+    #[test]
+    fn join_is_associative(a in arb_state(), b in arb_state(), c in arb_state()) {
+        let mut left = a.clone();
+        left.join(&b);
+        left.join(&c);
+        let mut bc = b.clone();
+        bc.join(&c);
+        let mut right = a.clone();
+        right.join(&bc);
+        prop_assert_eq!(left, right);
+    }
+
+    #[test]
+    fn join_is_idempotent(a in arb_state()) {
+        let mut aa = a.clone();
+        prop_assert!(!aa.join(&a));
+        prop_assert_eq!(aa, a);
+    }
+
+    #[test]
+    fn bottom_is_the_identity(a in arb_state()) {
+        let mut x = a.clone();
+        x.join(&BucketState::default());
+        prop_assert_eq!(&x, &a);
+        let mut y = BucketState::default();
+        y.join(&a);
+        prop_assert_eq!(y, a);
+    }
+
+    #[test]
+    fn join_result_is_an_upper_bound(a in arb_state(), b in arb_state()) {
+        let mut j = a.clone();
+        j.join(&b);
+        prop_assert!(a.le(&j));
+        prop_assert!(b.le(&j));
+    }
+
+    #[test]
+    fn every_mutator_inflates(
+        s in arb_state(),
+        l in arb_limit(),
+        who in 0u32..4,
+        n in 0u64..300,
+        dt in arb_step(),
+        k in 0u64..100,
+        permit in any::<bool>(),
+    ) {
+        let mut after = s.clone();
+        after.charge(&l, ReplicaId(who), n, T0 + dt, k, permit);
+        prop_assert!(s.le(&after), "{:?} -> {:?}", s, after);
+    }
+
+    #[test]
+    fn more_knowledge_never_admits_more(
+        s in arb_state(),
+        extra in prop::collection::vec(arb_slot(), 0..4),
+        extra_base in 0i128..1_000_000,
+        l in arb_limit(),
+        n in 0u64..300,
+        dt in 0i64..10 * SEC,
+    ) {
+        // s' >= s with the same gen and F.
+        let bigger = BucketState::from_parts(s.gen(), s.base() + extra_base, s.forgiven(), s.slots().iter().copied().chain(extra));
+        let mut more = s.clone();
+        more.join(&bigger);
+        prop_assert!(s.le(&more));
+        let t = T0 + dt;
+        prop_assert!(more.tokens(&l, t) <= s.tokens(&l, t));
+        if more.check(&l, n, t) {
+            prop_assert!(s.check(&l, n, t));
+        }
+    }
+
+    #[test]
+    fn one_node_behaves_as_a_reference_token_bucket(
+        l in arb_limit(),
+        ops in prop::collection::vec((arb_step(), 0u64..250), 1..200),
+    ) {
+        let mut s = BucketState::new(1);
+        let mut reference = ReferenceBucket::new(&l, T0);
+        let mut t = T0;
+        for (dt, n) in ops {
+            t += dt;
+            let o = s.admit(&l, ME, n, t, l.capacity() as u64);
+            let (allowed, remaining, reset) = reference.take(n, t);
+            prop_assert_eq!(o.allowed, allowed, "decision at t+{} for n={}", t - T0, n);
+            prop_assert_eq!(o.remaining, remaining, "remaining at t+{}", t - T0);
+            prop_assert_eq!(o.reset_ns, reset, "reset at t+{}", t - T0);
+            prop_assert_eq!(s.forgiven(), 0, "one node never goes into debt");
+        }
+    }
+
+    #[test]
+    fn check_agrees_with_admit(s in arb_state(), l in arb_limit(), n in 0u64..300, dt in arb_step()) {
+        let would = s.check(&l, n, T0 + dt);
+        let mut x = s.clone();
+        // Debt cap large enough that forgiveness cannot change the answer.
+        let did = x.admit(&l, ME, n, T0 + dt, u64::MAX / 4).allowed;
+        prop_assert_eq!(would, did);
+    }
+
+    #[test]
+    fn an_idle_state_reads_as_a_full_bucket(s in arb_state(), l in arb_limit(), dt in arb_step()) {
+        let t = T0 + dt;
+        if s.is_idle(&l, t, 0) {
+            prop_assert_eq!(s.tokens(&l, t), l.capacity() as i128);
+            prop_assert_eq!(s.time_until_full(&l, t), 0);
+        }
+    }
+}

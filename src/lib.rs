@@ -1,0 +1,9 @@
+//! tollgate: Envoy's global rate limit service on replicated token buckets.
+//!
+//! The layout follows the architecture: [`bucket`] is the pure CRDT, [`store`] holds millions of
+//! them, [`config`] reads envoyproxy/ratelimit's YAML, [`limiter`] turns a request into decisions,
+//! [`rls`] and [`http`] are thin adapters for gRPC and HTTP clients.
+
+pub mod bucket;
+pub mod clock;
+pub mod unit;
