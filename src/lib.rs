@@ -6,4 +6,5 @@
 
 pub mod bucket;
 pub mod clock;
+pub mod config;
 pub mod unit;
