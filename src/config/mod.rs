@@ -1,6 +1,126 @@
 //! Rate limit rules, read from envoyproxy/ratelimit's YAML files unchanged.
+//!
+//! A `RateLimitConfig` is built once from a set of files and never changes: a reload builds a
+//! new one and swaps it in whole, so lookups need no locks and a bad file can be refused while
+//! the old config keeps serving. Files: `model.rs` (the YAML shape), `build.rs` (load-time
+//! checks and the lookup trees), `matcher.rs` and `glob.rs` (request matching), `render.rs`
+//! (the /rlconfig dump), `fingerprint.rs` (stable ids and hashes), `load.rs` (files and
+//! directories on disk), `default.yaml` (served when no config is given).
 
+mod build;
 mod error;
+mod fingerprint;
 mod glob;
+mod matcher;
+mod model;
+mod render;
+#[cfg(test)]
+mod tests;
 
 pub use error::{ConfigError, ConfigErrors};
+
+use crate::unit::Unit;
+use matcher::Level;
+use std::collections::HashMap;
+
+/// The limit of a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RuleLimit {
+    /// `unlimited: true`: matched (and counted), never limited.
+    Unlimited,
+    /// Refill `requests_per_unit` per `unit`, up to a capacity of `burst` (tollgate's
+    /// extension), or of `requests_per_unit` when no burst is given.
+    Limited {
+        requests_per_unit: u32,
+        unit: Unit,
+        burst: Option<u32>,
+    },
+}
+
+/// A configured descriptor that carries a `rate_limit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub domain: String,
+    /// The descriptor path without the domain, as the reference's stats key:
+    /// `key1_value1.subkey1`; wildcard levels keep the pattern (`key_foo*`), key-only levels
+    /// are just the key.
+    pub stats_key: String,
+    /// `rate_limit.name`, what `replaces` entries refer to.
+    pub name: Option<String>,
+    pub limit: RuleLimit,
+    pub shadow_mode: bool,
+    pub detailed_metric: bool,
+    pub value_to_metric: bool,
+    pub share_threshold: bool,
+    /// Names of rules this one drops when both match the same request.
+    pub replaces: Vec<String>,
+    /// Stable hash of (domain, stats_key, name, limit incl. burst): an unchanged rule keeps its
+    /// id across reloads, so its buckets survive; a changed one gets a new id and fresh buckets.
+    pub id: u64,
+}
+
+/// What a request descriptor matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Match<'a> {
+    /// The domain is not configured (the caller answers OK and counts it).
+    UnknownDomain,
+    /// Nothing at the request's depth, or a whitelist entry (matched, without rate_limit).
+    NoRule,
+    Rule(&'a Rule),
+}
+
+/// The loaded rules of every domain. Immutable; `Send + Sync`.
+#[derive(Debug)]
+pub struct RateLimitConfig {
+    domains: HashMap<Box<str>, Level>,
+    /// Sorted, for deterministic listing and fingerprinting.
+    domain_names: Vec<Box<str>>,
+    /// Every rule, sorted by domain then in config order (depth first); nodes index into it.
+    rules: Vec<Rule>,
+    fingerprint: u64,
+}
+
+const DEFAULT_YAML: &str = include_str!("default.yaml");
+
+impl RateLimitConfig {
+    /// The example config shipped in the binary; a unit test proves it loads.
+    pub fn embedded_default() -> RateLimitConfig {
+        Self::from_files(&[("default.yaml".to_string(), DEFAULT_YAML.to_string())])
+            .expect("the embedded default.yaml is checked by a unit test")
+    }
+
+    /// Builds a config from `(file name, contents)` pairs; the names only label errors.
+    pub fn from_files(files: &[(String, String)]) -> Result<RateLimitConfig, ConfigErrors> {
+        build::build(files)
+    }
+
+    /// The rule for one request descriptor's entries `(key, value)`, in request order.
+    pub fn lookup<'a, 'b>(
+        &'a self,
+        domain: &str,
+        entries: impl IntoIterator<Item = (&'b str, &'b str)>,
+    ) -> Match<'a> {
+        let Some(level) = self.domains.get(domain) else {
+            return Match::UnknownDomain;
+        };
+        match level.lookup(entries).and_then(|i| self.rules.get(i)) {
+            Some(rule) => Match::Rule(rule),
+            None => Match::NoRule,
+        }
+    }
+
+    /// Configured domains, sorted.
+    pub fn domains(&self) -> impl Iterator<Item = &str> {
+        self.domain_names.iter().map(|d| &**d)
+    }
+
+    /// Every rule with a rate_limit, sorted by domain then in config order.
+    pub fn rules(&self) -> impl Iterator<Item = &Rule> {
+        self.rules.iter()
+    }
+
+    /// Hash of the whole normalized config: equal on replicas that loaded the same rules.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+}

@@ -1,0 +1,261 @@
+//! Files the reference refuses are refused here too, with its messages, naming the file.
+
+use super::{config, errors};
+use crate::config::RateLimitConfig;
+
+/// The single error of a refused file.
+fn only_error(yaml: &str) -> crate::config::ConfigError {
+    let mut errs = errors(yaml).0;
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    errs.remove(0)
+}
+
+#[test]
+fn unknown_key_is_an_error_with_its_line() {
+    let err = only_error("domain: d\ndescriptors:\n  - key: k\n    valu: v\n");
+    assert_eq!(err.file, "test.yaml");
+    assert_eq!(err.line, Some(4));
+    assert!(err.message.contains("unknown field `valu`"), "{err}");
+}
+
+#[test]
+fn unknown_key_inside_rate_limit_is_an_error() {
+    let err = only_error(
+        "domain: d\ndescriptors:\n  - key: k\n    rate_limit:\n      unit: second\n      requests_per_units: 5\n",
+    );
+    assert!(err.message.contains("requests_per_units"), "{err}");
+    assert_eq!(err.line, Some(6));
+}
+
+#[test]
+fn unknown_root_key_is_an_error() {
+    let err = only_error("domain: d\nlimits: []\n");
+    assert!(err.message.contains("unknown field `limits`"), "{err}");
+}
+
+#[test]
+fn non_string_key_is_an_error() {
+    let err = only_error("domain: d\ndescriptors:\n  - key: k\n    [1, 2]: v\n");
+    assert_eq!(err.line, Some(4), "{err}");
+    assert!(err.message.contains("expected a string key"), "{err}");
+    let err = only_error("domain: d\n42: x\n");
+    assert!(err.message.contains("42"), "{err}");
+}
+
+#[test]
+fn yaml_syntax_error_carries_its_line() {
+    let err = only_error("domain: d\ndescriptors:\n  - key: k\n   value: [unclosed\n");
+    assert!(err.line.is_some(), "{err}");
+    assert!(
+        err.message.starts_with("error loading config file:"),
+        "{err}"
+    );
+}
+
+#[test]
+fn wrong_type_is_an_error_with_its_line() {
+    let err = only_error(
+        "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: -1}\n",
+    );
+    assert_eq!(err.line, Some(4), "{err}");
+}
+
+#[test]
+fn root_that_is_not_a_mapping_is_an_error() {
+    let err = only_error("- a\n- b\n");
+    assert!(
+        err.message
+            .contains("expected a mapping with `domain` and `descriptors`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn empty_domain_is_an_error() {
+    let err = only_error("domain: \"\"\ndescriptors: []\n");
+    assert_eq!(
+        err.to_string(),
+        "test.yaml: config file cannot have empty domain"
+    );
+}
+
+#[test]
+fn empty_file_is_refused_for_its_empty_domain_like_the_reference() {
+    let err = only_error("");
+    assert_eq!(err.message, "config file cannot have empty domain");
+}
+
+#[test]
+fn file_with_a_domain_and_no_descriptors_is_valid() {
+    let c = config("domain: quiet\n");
+    assert_eq!(c.rules().count(), 0);
+}
+
+#[test]
+fn duplicate_domain_across_files_names_both_files() {
+    let files = [
+        ("one.yaml".to_string(), "domain: d\n".to_string()),
+        ("two.yaml".to_string(), "domain: d\n".to_string()),
+    ];
+    let errs = RateLimitConfig::from_files(&files).unwrap_err().0;
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].file, "two.yaml");
+    assert!(
+        errs[0]
+            .message
+            .starts_with("duplicate domain 'd' in config file"),
+        "{}",
+        errs[0]
+    );
+    assert!(errs[0].message.contains("one.yaml"), "{}", errs[0]);
+}
+
+#[test]
+fn empty_key_is_an_error() {
+    let err = only_error("domain: d\ndescriptors:\n  - value: v\n");
+    assert!(err.message.starts_with("descriptor has empty key"), "{err}");
+}
+
+#[test]
+fn duplicate_composite_key_at_the_same_level_is_an_error() {
+    let err = only_error(
+        "domain: d\ndescriptors:\n  - key: a\n    descriptors:\n      - key: k\n        value: v\n      - key: k\n        value: v\n",
+    );
+    assert_eq!(err.message, "duplicate descriptor composite key 'd.a.k_v'");
+}
+
+#[test]
+fn same_composite_key_at_different_levels_is_fine() {
+    config("domain: d\ndescriptors:\n  - key: k\n    descriptors:\n      - key: k\n");
+}
+
+#[test]
+fn missing_unit_on_a_limited_rule_is_an_error() {
+    let err =
+        only_error("domain: d\ndescriptors:\n  - key: k\n    rate_limit: {requests_per_unit: 5}\n");
+    assert!(
+        err.message.starts_with("invalid rate limit unit ''"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_unit_is_an_error_naming_it_and_the_descriptor() {
+    let err = only_error(
+        "domain: d\ndescriptors:\n  - key: k\n    value: v\n    rate_limit: {unit: fortnight, requests_per_unit: 5}\n",
+    );
+    assert!(
+        err.message
+            .starts_with("invalid rate limit unit 'fortnight'"),
+        "{err}"
+    );
+    assert!(err.message.contains("'d.k_v'"), "{err}");
+}
+
+#[test]
+fn unit_is_case_insensitive_and_includes_week() {
+    config(
+        "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: SECOND, requests_per_unit: 1}\n  - key: b\n    rate_limit: {unit: Week, requests_per_unit: 1}\n",
+    );
+}
+
+#[test]
+fn unlimited_with_a_unit_is_an_error() {
+    let err = only_error(
+        "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unlimited: true, unit: second}\n",
+    );
+    assert!(
+        err.message
+            .starts_with("should not specify rate limit unit when unlimited"),
+        "{err}"
+    );
+}
+
+#[test]
+fn burst_of_zero_is_an_error() {
+    let err = only_error(
+        "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 1, burst: 0}\n",
+    );
+    assert!(err.message.starts_with("burst must be at least 1"), "{err}");
+}
+
+#[test]
+fn burst_with_unlimited_is_an_error() {
+    let err = only_error(
+        "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unlimited: true, burst: 5}\n",
+    );
+    assert!(
+        err.message
+            .starts_with("should not specify burst when unlimited"),
+        "{err}"
+    );
+}
+
+#[test]
+fn empty_replaces_entry_is_an_error() {
+    let err = only_error(
+        "domain: d\ndescriptors:\n  - key: k\n    rate_limit:\n      unit: second\n      requests_per_unit: 1\n      replaces: [{name: \"\"}]\n",
+    );
+    assert!(
+        err.message
+            .starts_with("should not have an empty replaces entry"),
+        "{err}"
+    );
+}
+
+#[test]
+fn replaces_naming_its_own_rule_is_an_error() {
+    let err = only_error(
+        "domain: d\ndescriptors:\n  - key: k\n    rate_limit:\n      name: me\n      unit: second\n      requests_per_unit: 1\n      replaces: [{name: me}]\n",
+    );
+    assert!(
+        err.message
+            .starts_with("replaces should not contain name of same descriptor"),
+        "{err}"
+    );
+}
+
+#[test]
+fn share_threshold_without_a_wildcard_value_is_an_error() {
+    let err = only_error(
+        "domain: d\ndescriptors:\n  - key: k\n    value: plain\n    share_threshold: true\n    rate_limit: {unit: second, requests_per_unit: 1}\n",
+    );
+    assert!(
+        err.message
+            .starts_with("share_threshold can only be used with wildcard values"),
+        "{err}"
+    );
+}
+
+#[test]
+fn every_error_in_every_file_is_reported() {
+    let files = [
+        (
+            "a.yaml".to_string(),
+            "domain: a\ndescriptors:\n  - key: \"\"\n  - key: k\n    rate_limit: {unit: nope}\n  - key: j\n    rate_limit: {unlimited: true, unit: day}\n".to_string(),
+        ),
+        ("b.yaml".to_string(), "domain: b\n  bad: [\n".to_string()),
+        ("c.yaml".to_string(), "descriptors: []\n".to_string()),
+    ];
+    let errs = RateLimitConfig::from_files(&files).unwrap_err();
+    let files_named: Vec<_> = errs.0.iter().map(|e| e.file.as_str()).collect();
+    assert_eq!(
+        files_named,
+        ["b.yaml", "c.yaml", "a.yaml", "a.yaml", "a.yaml"],
+        "{errs}"
+    );
+    assert_eq!(errs.to_string().lines().count(), 5);
+}
+
+#[test]
+fn errors_in_a_refused_duplicate_domain_are_reported_too() {
+    let files = [
+        ("one.yaml".to_string(), "domain: d\n".to_string()),
+        (
+            "two.yaml".to_string(),
+            "domain: d\ndescriptors:\n  - key: \"\"\n".to_string(),
+        ),
+    ];
+    let errs = RateLimitConfig::from_files(&files).unwrap_err().0;
+    assert_eq!(errs.len(), 2, "{errs:?}");
+}
