@@ -11,6 +11,7 @@ mod build;
 mod error;
 mod fingerprint;
 mod glob;
+mod load;
 mod matcher;
 mod model;
 mod render;
@@ -18,6 +19,7 @@ mod render;
 mod tests;
 
 pub use error::{ConfigError, ConfigErrors};
+pub use load::load_path;
 
 use crate::unit::Unit;
 use matcher::Level;

@@ -37,5 +37,6 @@ fn requests_per_unit(rule: &Rule) -> u32 {
 }
 
 mod identity;
+mod loading;
 mod matching;
 mod validation;
