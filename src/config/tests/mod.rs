@@ -39,4 +39,5 @@ fn requests_per_unit(rule: &Rule) -> u32 {
 mod identity;
 mod loading;
 mod matching;
+mod reference_examples;
 mod validation;
