@@ -312,3 +312,19 @@ mod allocation {
         assert_eq!(ALLOCATIONS.with(Cell::get), before);
     }
 }
+
+#[test]
+fn no_files_is_an_empty_config_where_every_domain_is_unknown() {
+    let c = crate::config::RateLimitConfig::from_files(&[]).unwrap();
+    assert_eq!(c.domains().count(), 0);
+    assert_eq!(c.lookup("any", [("k", "v")]), Match::UnknownDomain);
+}
+
+#[test]
+fn each_yaml_document_of_a_file_is_its_own_domain() {
+    let c = config(
+        "domain: a\n---\ndomain: b\ndescriptors:\n  - key: k\n    rate_limit: {unlimited: true}\n",
+    );
+    assert_eq!(c.domains().collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(rule(&c, "b", &[("k", "v")]).limit, RuleLimit::Unlimited);
+}

@@ -259,3 +259,13 @@ fn errors_in_a_refused_duplicate_domain_are_reported_too() {
     let errs = RateLimitConfig::from_files(&files).unwrap_err().0;
     assert_eq!(errs.len(), 2, "{errs:?}");
 }
+
+#[test]
+fn duplicate_domain_within_one_file_is_an_error() {
+    let err = only_error("domain: d\n---\ndomain: d\n");
+    assert!(
+        err.message
+            .starts_with("duplicate domain 'd' in config file"),
+        "{err}"
+    );
+}
