@@ -269,3 +269,29 @@ fn duplicate_domain_within_one_file_is_an_error() {
         "{err}"
     );
 }
+
+#[test]
+fn unlimited_with_an_unrecognised_unit_is_accepted_like_the_reference() {
+    // The reference only refuses a *valid* unit next to `unlimited: true`.
+    config(
+        "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unlimited: true, unit: whenever}\n",
+    );
+}
+
+#[test]
+fn limited_rule_without_requests_per_unit_means_zero_like_the_reference() {
+    let c = config("domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second}\n");
+    assert_eq!(
+        super::requests_per_unit(super::rule(&c, "d", &[("k", "v")])),
+        0
+    );
+}
+
+#[test]
+fn composite_keys_that_collide_are_duplicates_like_the_reference() {
+    // `a` + `b_c` and `a_b` + `c` both read `a_b_c`: one stats key, so one must go.
+    let err = only_error(
+        "domain: d\ndescriptors:\n  - key: a\n    value: b_c\n  - key: a_b\n    value: c\n",
+    );
+    assert_eq!(err.message, "duplicate descriptor composite key 'd.a_b_c'");
+}
