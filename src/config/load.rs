@@ -13,12 +13,14 @@ use std::path::Path;
 /// Loads `path` (a YAML file, or a directory of them) and returns the config with the
 /// `(file name, contents)` pairs it was built from, file names being full paths sorted by name.
 pub fn load_path(path: &Path) -> Result<(RateLimitConfig, Vec<(String, String)>), ConfigErrors> {
-    let files = read_files(path)?;
+    let files = read_path(path)?;
     let config = RateLimitConfig::from_files(&files)?;
     Ok((config, files))
 }
 
-fn read_files(path: &Path) -> Result<Vec<(String, String)>, ConfigErrors> {
+/// Reads the files `load_path` would load, without parsing them: hot reload compares contents
+/// first, so an unchanged config is neither parsed again nor reported again.
+pub fn read_path(path: &Path) -> Result<Vec<(String, String)>, ConfigErrors> {
     let shown = path.display().to_string();
     let fail = |err: std::io::Error| {
         ConfigErrors(vec![ConfigError::new(

@@ -19,7 +19,7 @@ mod render;
 mod tests;
 
 pub use error::{ConfigError, ConfigErrors};
-pub use load::load_path;
+pub use load::{load_path, read_path};
 
 use crate::unit::Unit;
 use matcher::Level;
