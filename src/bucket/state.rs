@@ -6,27 +6,23 @@ use crate::unit::Unit;
 
 /// Parameters of one bucket: capacity `C` tokens, refilled at `per_unit` tokens every unit.
 ///
-/// Kept to 16 bytes because every live key stores its limit next to its state (GC and metrics
+/// Kept to 12 bytes because every live key stores its limit next to its state (GC and metrics
 /// must interpret a state without looking up a rule that a reload may have removed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Limit {
     capacity: u32,
     per_unit: u32,
-    unit_ns: u64,
+    unit: Unit,
 }
 
 impl Limit {
     /// `None` when the limit admits nothing (`per_unit == 0` or `capacity == 0`): such a rule has
     /// no bucket, it blocks every request.
     pub fn new(capacity: u32, per_unit: u32, unit: Unit) -> Option<Limit> {
-        Self::with_unit_ns(capacity, per_unit, unit.nanos())
-    }
-
-    pub fn with_unit_ns(capacity: u32, per_unit: u32, unit_ns: u64) -> Option<Limit> {
-        (capacity > 0 && per_unit > 0 && unit_ns > 0).then_some(Limit {
+        (capacity > 0 && per_unit > 0).then_some(Limit {
             capacity,
             per_unit,
-            unit_ns,
+            unit,
         })
     }
 
@@ -38,13 +34,17 @@ impl Limit {
         self.per_unit
     }
 
+    pub fn unit(&self) -> Unit {
+        self.unit
+    }
+
     pub fn unit_ns(&self) -> u64 {
-        self.unit_ns
+        self.unit.nanos()
     }
 
     /// Tokens added per second (`r`).
     pub fn fill_rate_per_second(&self) -> f64 {
-        self.per_unit as f64 * 1e9 / self.unit_ns as f64
+        self.per_unit as f64 * 1e9 / self.unit_ns() as f64
     }
 
     /// Wall nanoseconds to scaled time: exact, one token is `unit_ns` scaled units.
@@ -54,7 +54,7 @@ impl Limit {
 
     /// Scaled duration of one token (`T_s`).
     fn token(&self) -> i128 {
-        self.unit_ns as i128
+        self.unit_ns() as i128
     }
 
     /// Scaled duration of `n` tokens.
@@ -96,12 +96,27 @@ pub struct Outcome {
     pub full_at_ns: i64,
 }
 
+/// An i128 stored with 8-byte alignment: a million live keys each hold two, and i128's 16-byte
+/// alignment would pad every entry of the store's table by 16 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Wide([u64; 2]);
+
+impl Wide {
+    fn get(self) -> i128 {
+        ((self.0[1] as u128) << 64 | self.0[0] as u128) as i128
+    }
+
+    fn of(v: i128) -> Wide {
+        Wide([v as u128 as u64, ((v as u128) >> 64) as u64])
+    }
+}
+
 /// The mergeable state of one key. Bottom (`Default`) is a full bucket.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct BucketState {
     gen: u32,
-    base: i128,
-    forgiven: i128,
+    base: Wide,
+    forgiven: Wide,
     /// Sorted by replica; a key touched by one node holds one slot inline, without allocating.
     slots: SmallVec<[Slot; 1]>,
 }
@@ -124,8 +139,8 @@ impl BucketState {
         slots: impl IntoIterator<Item = Slot>,
     ) -> Self {
         let mut s = BucketState::new(gen);
-        s.base = base;
-        s.forgiven = forgiven;
+        s.base = Wide::of(base);
+        s.forgiven = Wide::of(forgiven);
         for slot in slots
             .into_iter()
             .filter(|s| s.consumed != 0 || s.requested != 0)
@@ -142,11 +157,11 @@ impl BucketState {
     }
 
     pub fn base(&self) -> i128 {
-        self.base
+        self.base.get()
     }
 
     pub fn forgiven(&self) -> i128 {
-        self.forgiven
+        self.forgiven.get()
     }
 
     pub fn slots(&self) -> &[Slot] {
@@ -161,9 +176,9 @@ impl BucketState {
 
     /// Theoretical arrival time, scaled: the bucket is full again at TAT.
     fn tat(&self, limit: &Limit) -> i128 {
-        self.base
+        self.base()
             .saturating_add(limit.token().saturating_mul(self.consumed_total()))
-            .saturating_sub(self.forgiven)
+            .saturating_sub(self.forgiven())
     }
 
     fn slot_mut(&mut self, replica: ReplicaId) -> &mut Slot {
@@ -256,7 +271,7 @@ impl BucketState {
         let mut tat = self.tat(limit);
         // 1. Full bucket: forget the overflow (GCRA's max(TAT, t)).
         if tat < t {
-            self.base = self.base.saturating_add(t.saturating_sub(tat));
+            self.base = Wide::of(self.base().saturating_add(t.saturating_sub(tat)));
             tat = self.tat(limit);
         }
         // 2. Debt beyond K tokens is forgiven, so late remote consumption cannot lock out a key
@@ -264,7 +279,7 @@ impl BucketState {
         let ceiling =
             t.saturating_add(limit.tokens_span((limit.capacity as u64).saturating_add(debt_cap)));
         if tat > ceiling {
-            self.forgiven = self.forgiven.saturating_add(tat.saturating_sub(ceiling));
+            self.forgiven = Wide::of(self.forgiven().saturating_add(tat.saturating_sub(ceiling)));
             tat = self.tat(limit);
         }
         // 3. Admit iff the tokens are there.
@@ -296,11 +311,11 @@ impl BucketState {
             return false;
         }
         let mut changed = false;
-        if other.base > self.base {
+        if other.base() > self.base() {
             self.base = other.base;
             changed = true;
         }
-        if other.forgiven > self.forgiven {
+        if other.forgiven() > self.forgiven() {
             self.forgiven = other.forgiven;
             changed = true;
         }
@@ -325,8 +340,8 @@ impl BucketState {
         if self.gen != other.gen {
             return self.gen < other.gen;
         }
-        self.base <= other.base
-            && self.forgiven <= other.forgiven
+        self.base() <= other.base()
+            && self.forgiven() <= other.forgiven()
             && self.slots.iter().all(|s| {
                 let o = other
                     .slots

@@ -1,0 +1,495 @@
+//! Where bucket states live: a sharded concurrent map from a fixed-size key id to a bucket.
+//!
+//! Why a `parking_lot::Mutex` per shard and not a lock-free map: every operation is a few hundred
+//! nanoseconds of integer math with no `.await` inside, and a multi-descriptor request must see
+//! and charge several buckets atomically ("charge all or none"). Locking the few shards involved,
+//! always in ascending shard order, gives that atomicity without deadlocks; with 256 shards two
+//! requests rarely meet on one.
+//!
+//! Memory is bounded: beyond `max_keys` live keys, a new key is answered from one of a fixed
+//! number of shared overflow buckets of its limit (stricter than its own bucket, never
+//! unlimited); when even the overflow table is full, it is refused. Both are counted.
+
+mod key;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use parking_lot::{Mutex, MutexGuard};
+use smallvec::SmallVec;
+
+pub use key::{KeyBuilder, KeyId};
+
+use crate::bucket::{generation_at, BucketState, Limit, Outcome, ReplicaId};
+
+/// One bucket to charge as part of a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Charge {
+    pub key: KeyId,
+    pub limit: Limit,
+    /// Tokens to take; 0 reads the bucket without changing or creating it.
+    pub hits: u64,
+    /// `false` for shadow-mode rules: their verdict is reported but never blocks the request.
+    pub enforce: bool,
+}
+
+/// The store's answer for one [`Charge`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    /// The bucket itself had room for the hits (false = this descriptor is over its limit).
+    pub within: bool,
+    /// The hits were taken (all enforced charges of the request were within).
+    pub charged: bool,
+    /// Remaining tokens and time to full, after the charge if there was one.
+    pub outcome: Outcome,
+    /// Where the key was kept: its own bucket, a shared overflow bucket, or nowhere.
+    pub placement: Placement,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    Own,
+    Shared,
+    Refused,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Number of shards, rounded up to a power of two.
+    pub shards: usize,
+    /// Live keys beyond which new keys share overflow buckets.
+    pub max_keys: usize,
+    /// Shared overflow buckets per limit.
+    pub overflow_buckets_per_limit: u32,
+    /// Live overflow buckets beyond which new keys are refused.
+    pub max_overflow_keys: usize,
+    /// A key full for this long is deleted (it then reads as a full bucket anyway).
+    pub gc_horizon_ns: i64,
+    /// Debt cap `K` in tokens, as a multiple of the capacity. With one node nothing goes into
+    /// debt; replication sets it to about `N - 1`.
+    pub debt_cap_capacities: u32,
+    /// Record changed keys for replication. Off on a single node, so nothing accumulates.
+    pub track_dirty: bool,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            shards: 256,
+            max_keys: 2_000_000,
+            overflow_buckets_per_limit: 64,
+            max_overflow_keys: 65_536,
+            gc_horizon_ns: 60_000_000_000,
+            debt_cap_capacities: 1,
+            track_dirty: false,
+        }
+    }
+}
+
+/// A live key: its state and the limit that interprets it. The limit is kept here, not looked up
+/// in the config, so GC and replication can read a state whose rule a reload removed.
+#[derive(Debug, Clone)]
+struct Entry {
+    state: BucketState,
+    limit: Limit,
+    /// Bumped on every change (low 31 bits), and whether the key waits in its shard's dirty list
+    /// (top bit): one word, because a million entries each carry it.
+    version: u32,
+}
+
+const DIRTY: u32 = 1 << 31;
+
+impl Entry {
+    fn is_dirty(&self) -> bool {
+        self.version & DIRTY != 0
+    }
+
+    /// Record a change; returns true when the key must be added to the dirty list.
+    fn touch(&mut self, track_dirty: bool) -> bool {
+        let dirty = self.version & DIRTY;
+        self.version = (self.version.wrapping_add(1) & !DIRTY) | dirty;
+        if track_dirty && dirty == 0 {
+            self.version |= DIRTY;
+            return true;
+        }
+        false
+    }
+
+    fn clean(&mut self) {
+        self.version &= !DIRTY;
+    }
+
+    /// The change counter, without the dirty bit.
+    fn version(&self) -> u32 {
+        self.version & !DIRTY
+    }
+}
+
+/// Key ids are already uniform hashes: use their low bits as the hash, no rehashing.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | b as u64;
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// A key id as the table stores it: two words, 8-byte aligned (a `u128` key would align every
+/// entry to 16 bytes and pad it by 8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Packed([u64; 2]);
+
+impl Packed {
+    fn of(id: u128) -> Packed {
+        Packed([id as u64, (id >> 64) as u64])
+    }
+
+    fn id(self) -> u128 {
+        (self.0[1] as u128) << 64 | self.0[0] as u128
+    }
+}
+
+impl std::hash::Hash for Packed {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Already a uniform hash: the low word is the table hash (the high word picks the shard).
+        state.write_u64(self.0[0]);
+    }
+}
+
+type Map = HashMap<Packed, Entry, BuildHasherDefault<IdHasher>>;
+
+#[derive(Default)]
+struct Shard {
+    map: Map,
+    dirty: Vec<u128>,
+}
+
+/// Keeps each shard's lock on its own cache line so shards do not false-share.
+#[repr(align(128))]
+#[derive(Default)]
+struct Padded<T>(T);
+
+pub struct Store {
+    shards: Box<[Padded<Mutex<Shard>>]>,
+    overflow: Mutex<Shard>,
+    live: AtomicUsize,
+    overflow_live: AtomicUsize,
+    shared_total: AtomicU64,
+    refused_total: AtomicU64,
+    cfg: StoreConfig,
+    local: ReplicaId,
+}
+
+impl Store {
+    pub fn new(cfg: StoreConfig, local: ReplicaId) -> Self {
+        let n = cfg.shards.max(1).next_power_of_two();
+        Store {
+            shards: (0..n).map(|_| Padded::default()).collect(),
+            overflow: Mutex::new(Shard::default()),
+            live: AtomicUsize::new(0),
+            overflow_live: AtomicUsize::new(0),
+            shared_total: AtomicU64::new(0),
+            refused_total: AtomicU64::new(0),
+            cfg,
+            local,
+        }
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.cfg
+    }
+
+    pub fn local_replica(&self) -> ReplicaId {
+        self.local
+    }
+
+    fn shard_of(&self, key: KeyId) -> usize {
+        ((key.0 >> 64) as usize) & (self.shards.len() - 1)
+    }
+
+    fn debt_cap(&self, limit: &Limit) -> u64 {
+        limit.capacity() as u64 * self.cfg.debt_cap_capacities as u64
+    }
+
+    /// Decide a request: every enforced charge must fit for any to be taken (all or none).
+    /// Shadow charges are taken only when they fit and the request is admitted.
+    pub fn decide(&self, charges: &[Charge], now: i64) -> SmallVec<[Verdict; 4]> {
+        // Lock every shard involved, in ascending order, so concurrent multi-key requests
+        // cannot deadlock; the overflow table, when needed, is always locked last.
+        let mut order: SmallVec<[usize; 4]> =
+            charges.iter().map(|c| self.shard_of(c.key)).collect();
+        order.sort_unstable();
+        order.dedup();
+        let mut guards: SmallVec<[(usize, MutexGuard<'_, Shard>); 4]> = order
+            .iter()
+            .map(|&i| (i, self.shards[i].0.lock()))
+            .collect();
+        let mut overflow: Option<MutexGuard<'_, Shard>> = None;
+
+        // Where each charge lives, and whether it fits.
+        let mut slots: SmallVec<[(Placement, u128); 4]> = SmallVec::new();
+        let mut all_fit = true;
+        let mut fits: SmallVec<[bool; 4]> = SmallVec::new();
+        for c in charges {
+            let g = shard_guard(&mut guards, self.shard_of(c.key));
+            // Existing keys, reads (which create nothing) and keys under the cap have their own
+            // bucket; others share an overflow bucket of their limit.
+            let own = g.map.contains_key(&Packed::of(c.key.0))
+                || c.hits == 0
+                || self.live.load(Ordering::Relaxed) < self.cfg.max_keys;
+            let (placement, id) = if own {
+                (Placement::Own, c.key.0)
+            } else {
+                let id = c
+                    .key
+                    .overflow_id(&c.limit, self.cfg.overflow_buckets_per_limit);
+                let o = overflow.get_or_insert_with(|| self.overflow.lock());
+                if o.map.contains_key(&Packed::of(id))
+                    || self.overflow_live.load(Ordering::Relaxed) < self.cfg.max_overflow_keys
+                {
+                    (Placement::Shared, id)
+                } else {
+                    (Placement::Refused, id)
+                }
+            };
+            // Two descriptors of one request can land on the same bucket (the same key twice,
+            // or two keys sharing an overflow bucket): check them against their sum.
+            let earlier: u64 = charges[..slots.len()]
+                .iter()
+                .zip(&slots)
+                .filter(|(_, s)| s.1 == id)
+                .map(|(e, _)| e.hits)
+                .fold(0u64, u64::saturating_add);
+            let hits = earlier.saturating_add(c.hits);
+            let fit = match placement {
+                Placement::Refused => false,
+                Placement::Own => g
+                    .map
+                    .get(&Packed::of(id))
+                    .is_none_or(|e| e.state.check(&c.limit, hits, now)),
+                Placement::Shared => overflow
+                    .as_ref()
+                    .and_then(|o| o.map.get(&Packed::of(id)))
+                    .is_none_or(|e| e.state.check(&c.limit, hits, now)),
+            };
+            // A fresh bucket holds C tokens: it fits iff hits <= C.
+            let fit = fit && hits <= c.limit.capacity() as u64;
+            if c.enforce && !fit {
+                all_fit = false;
+            }
+            slots.push((placement, id));
+            fits.push(fit);
+        }
+
+        let gen = generation_at(now);
+        let mut verdicts = SmallVec::new();
+        for (i, c) in charges.iter().enumerate() {
+            let (placement, id) = slots[i];
+            let within = fits[i];
+            let permit = within && all_fit;
+            let shard = match placement {
+                Placement::Refused => {
+                    self.refused_total.fetch_add(1, Ordering::Relaxed);
+                    verdicts.push(Verdict {
+                        within: false,
+                        charged: false,
+                        outcome: BucketState::new(gen).peek(&c.limit, now),
+                        placement,
+                    });
+                    continue;
+                }
+                Placement::Own => shard_guard(&mut guards, self.shard_of(c.key)),
+                Placement::Shared => {
+                    self.shared_total.fetch_add(1, Ordering::Relaxed);
+                    overflow.as_deref_mut().expect("locked when placed")
+                }
+            };
+            let outcome = if c.hits == 0 {
+                shard.map.get(&Packed::of(id)).map_or_else(
+                    || BucketState::new(gen).peek(&c.limit, now),
+                    |e| e.state.peek(&c.limit, now),
+                )
+            } else {
+                let counter = match placement {
+                    Placement::Shared => &self.overflow_live,
+                    _ => &self.live,
+                };
+                let entry = shard.map.entry(Packed::of(id)).or_insert_with(|| {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    Entry {
+                        state: BucketState::new(gen),
+                        limit: c.limit,
+                        version: 0,
+                    }
+                });
+                let outcome = entry.state.charge(
+                    &c.limit,
+                    self.local,
+                    c.hits,
+                    now,
+                    self.debt_cap(&c.limit),
+                    permit,
+                );
+                if entry.touch(self.cfg.track_dirty) {
+                    shard.dirty.push(id);
+                }
+                outcome
+            };
+            verdicts.push(Verdict {
+                within,
+                charged: c.hits > 0 && outcome.allowed,
+                outcome: Outcome {
+                    allowed: within,
+                    ..outcome
+                },
+                placement,
+            });
+        }
+        verdicts
+    }
+
+    /// Delete keys that have been full for the GC horizon; returns how many were deleted.
+    /// Locks one shard at a time, so requests on other shards never wait for it.
+    pub fn gc(&self, now: i64) -> usize {
+        let horizon = self.cfg.gc_horizon_ns;
+        let mut removed = 0;
+        let mut sweep = |shard: &mut Shard, counter: &AtomicUsize| {
+            let before = shard.map.len();
+            shard
+                .map
+                .retain(|_, e| !e.state.is_idle(&e.limit, now, horizon));
+            let gone = before - shard.map.len();
+            counter.fetch_sub(gone, Ordering::Relaxed);
+            if gone > 0 && shard.map.capacity() > 4 * shard.map.len().max(16) {
+                shard.map.shrink_to_fit();
+            }
+            removed += gone;
+        };
+        for s in self.shards.iter() {
+            sweep(&mut s.0.lock(), &self.live);
+        }
+        sweep(&mut self.overflow.lock(), &self.overflow_live);
+        removed
+    }
+
+    /// Merge a state received for `key` (from a peer). A state that reads as a full bucket is
+    /// not stored for an absent key: that would resurrect a key GC already deleted. Returns
+    /// whether the local state changed.
+    pub fn merge(&self, key: KeyId, limit: Limit, state: &BucketState, now: i64) -> bool {
+        let mut g = self.shards[self.shard_of(key)].0.lock();
+        let shard = &mut *g;
+        match shard.map.get_mut(&Packed::of(key.0)) {
+            Some(e) => {
+                if e.limit != limit {
+                    // The same key id with another limit cannot come from the same rule: the
+                    // key id includes the limit. Refuse rather than misinterpret the counts.
+                    return false;
+                }
+                let changed = e.state.join(state);
+                if changed && e.touch(self.cfg.track_dirty) {
+                    shard.dirty.push(key.0);
+                }
+                changed
+            }
+            None => {
+                if state.is_idle(&limit, now, 0) {
+                    return false;
+                }
+                self.live.fetch_add(1, Ordering::Relaxed);
+                let mut e = Entry {
+                    state: state.clone(),
+                    limit,
+                    version: 0,
+                };
+                if e.touch(self.cfg.track_dirty) {
+                    shard.dirty.push(key.0);
+                }
+                shard.map.insert(Packed::of(key.0), e);
+                true
+            }
+        }
+    }
+
+    /// A copy of one key's state and limit.
+    pub fn get(&self, key: KeyId) -> Option<(Limit, BucketState)> {
+        let g = self.shards[self.shard_of(key)].0.lock();
+        g.map
+            .get(&Packed::of(key.0))
+            .map(|e| (e.limit, e.state.clone()))
+    }
+
+    /// How many times a key changed (wrapping, 31 bits): replication compares it with the
+    /// version a peer acknowledged.
+    pub fn version(&self, key: KeyId) -> Option<u32> {
+        let g = self.shards[self.shard_of(key)].0.lock();
+        g.map.get(&Packed::of(key.0)).map(Entry::version)
+    }
+
+    /// Take the keys changed since the last call (only with `track_dirty`).
+    pub fn drain_dirty(&self, out: &mut Vec<KeyId>) {
+        for s in self.shards.iter() {
+            let mut g = s.0.lock();
+            let shard = &mut *g;
+            for id in shard.dirty.drain(..) {
+                if let Some(e) = shard.map.get_mut(&Packed::of(id)) {
+                    if e.is_dirty() {
+                        e.clean();
+                        out.push(KeyId(id));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Visit every live key, one shard at a time (snapshots for replication, debugging).
+    pub fn for_each(&self, mut f: impl FnMut(KeyId, &Limit, &BucketState)) {
+        for s in self.shards.iter() {
+            let g = s.0.lock();
+            for (id, e) in &g.map {
+                f(KeyId(id.id()), &e.limit, &e.state);
+            }
+        }
+    }
+
+    /// Live keys with their own bucket.
+    pub fn live_keys(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// Shared overflow buckets in use.
+    pub fn overflow_keys(&self) -> usize {
+        self.overflow_live.load(Ordering::Relaxed)
+    }
+
+    /// Charges answered from a shared overflow bucket since start.
+    pub fn shared_total(&self) -> u64 {
+        self.shared_total.load(Ordering::Relaxed)
+    }
+
+    /// Charges refused because even the overflow table was full, since start.
+    pub fn refused_total(&self) -> u64 {
+        self.refused_total.load(Ordering::Relaxed)
+    }
+}
+
+fn shard_guard<'a, 'g>(
+    guards: &'a mut [(usize, MutexGuard<'g, Shard>)],
+    shard: usize,
+) -> &'a mut Shard {
+    let i = guards
+        .binary_search_by_key(&shard, |(s, _)| *s)
+        .expect("every charge's shard is locked");
+    &mut guards[i].1
+}

@@ -1,0 +1,300 @@
+use std::sync::Arc;
+
+use super::*;
+use crate::bucket::GEN_PERIOD_NS;
+use crate::unit::Unit;
+
+const T0: i64 = 1_700_000_000_000_000_000;
+const SEC: i64 = 1_000_000_000;
+
+fn store() -> Store {
+    Store::new(StoreConfig::default(), ReplicaId(0))
+}
+
+fn key(s: &str) -> KeyId {
+    KeyBuilder::new("test").str(s).finish()
+}
+
+fn per_second(n: u32) -> Limit {
+    Limit::new(n, n, Unit::Second).expect("valid")
+}
+
+fn charge(k: &str, limit: Limit, hits: u64) -> Charge {
+    Charge {
+        key: key(k),
+        limit,
+        hits,
+        enforce: true,
+    }
+}
+
+#[test]
+fn a_request_over_one_limit_charges_none_of_its_buckets() {
+    let s = store();
+    let roomy = per_second(100);
+    let tight = per_second(1);
+    assert!(s.decide(&[charge("tight", tight, 1)], T0)[0].charged);
+    let v = s.decide(&[charge("roomy", roomy, 1), charge("tight", tight, 1)], T0);
+    assert!(
+        v[0].within && !v[0].charged,
+        "roomy had room but must not be charged"
+    );
+    assert!(!v[1].within && !v[1].charged);
+    assert_eq!(
+        s.get(key("roomy")).map(|(l, st)| st.tokens(&l, T0)),
+        Some(100)
+    );
+}
+
+#[test]
+fn a_request_within_all_limits_charges_every_bucket() {
+    let s = store();
+    let v = s.decide(
+        &[charge("a", per_second(5), 2), charge("b", per_second(5), 3)],
+        T0,
+    );
+    assert!(v.iter().all(|v| v.charged));
+    assert_eq!(v[0].outcome.remaining, 3);
+    assert_eq!(v[1].outcome.remaining, 2);
+}
+
+#[test]
+fn the_same_bucket_twice_in_one_request_is_checked_against_the_sum() {
+    let s = store();
+    let l = per_second(3);
+    let v = s.decide(&[charge("k", l, 2), charge("k", l, 2)], T0);
+    assert!(v[0].within);
+    assert!(!v[1].within, "2 + 2 > 3");
+    assert!(!v[0].charged && !v[1].charged);
+}
+
+#[test]
+fn a_shadow_charge_over_its_limit_does_not_block_the_request() {
+    let s = store();
+    let l = per_second(1);
+    s.decide(&[charge("shadow", l, 1)], T0);
+    let mut shadow = charge("shadow", l, 1);
+    shadow.enforce = false;
+    let v = s.decide(&[charge("real", per_second(10), 1), shadow], T0);
+    assert!(v[0].charged);
+    assert!(!v[1].within && !v[1].charged);
+}
+
+#[test]
+fn a_query_neither_creates_nor_charges_a_key() {
+    let s = store();
+    let v = s.decide(&[charge("q", per_second(4), 0)], T0);
+    assert!(v[0].within);
+    assert_eq!(v[0].outcome.remaining, 4);
+    assert_eq!(s.live_keys(), 0);
+}
+
+#[test]
+fn new_keys_beyond_the_cap_share_overflow_buckets_and_are_never_unlimited() {
+    let s = Store::new(
+        StoreConfig {
+            max_keys: 2,
+            overflow_buckets_per_limit: 1,
+            ..StoreConfig::default()
+        },
+        ReplicaId(0),
+    );
+    let l = per_second(2);
+    s.decide(&[charge("a", l, 1)], T0);
+    s.decide(&[charge("b", l, 1)], T0);
+    assert_eq!(s.live_keys(), 2);
+    // c and d are new, beyond the cap: they share one overflow bucket of 2 tokens.
+    assert!(s.decide(&[charge("c", l, 1)], T0)[0].charged);
+    let v = s.decide(&[charge("d", l, 1)], T0);
+    assert_eq!(v[0].placement, Placement::Shared);
+    assert!(v[0].charged);
+    assert!(
+        !s.decide(&[charge("e", l, 1)], T0)[0].charged,
+        "shared bucket exhausted"
+    );
+    assert_eq!(s.live_keys(), 2, "memory stays bounded");
+    assert_eq!(s.overflow_keys(), 1);
+    assert_eq!(s.shared_total(), 3);
+    // Existing keys keep their own buckets.
+    assert_eq!(
+        s.decide(&[charge("a", l, 1)], T0)[0].placement,
+        Placement::Own
+    );
+}
+
+#[test]
+fn new_keys_are_refused_when_even_the_overflow_table_is_full() {
+    let s = Store::new(
+        StoreConfig {
+            max_keys: 0,
+            max_overflow_keys: 0,
+            ..StoreConfig::default()
+        },
+        ReplicaId(0),
+    );
+    let v = s.decide(&[charge("x", per_second(10), 1)], T0);
+    assert_eq!(v[0].placement, Placement::Refused);
+    assert!(!v[0].within && !v[0].charged);
+    assert_eq!(s.refused_total(), 1);
+}
+
+#[test]
+fn gc_deletes_keys_full_for_the_horizon_and_only_those() {
+    let s = store();
+    let l = per_second(10);
+    s.decide(&[charge("idle", l, 10)], T0);
+    s.decide(&[charge("busy", l, 10)], T0 + 60 * SEC);
+    // "idle" is full at T0 + 1 s; the horizon is 60 s.
+    assert_eq!(s.gc(T0 + 61 * SEC - 1), 0);
+    assert_eq!(s.gc(T0 + 61 * SEC), 1);
+    assert!(s.get(key("idle")).is_none());
+    assert!(s.get(key("busy")).is_some());
+    assert_eq!(s.live_keys(), 1);
+}
+
+#[test]
+fn gc_brings_memory_back_to_baseline() {
+    let s = store();
+    let l = per_second(10);
+    for i in 0..10_000 {
+        s.decide(&[charge(&i.to_string(), l, 1)], T0);
+    }
+    assert_eq!(s.live_keys(), 10_000);
+    assert_eq!(s.gc(T0 + 120 * SEC), 10_000);
+    assert_eq!(s.live_keys(), 0);
+    let mut n = 0;
+    s.for_each(|_, _, _| n += 1);
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn a_late_full_state_does_not_resurrect_a_deleted_key() {
+    let s = store();
+    let l = per_second(10);
+    s.decide(&[charge("k", l, 10)], T0);
+    let (_, old) = s.get(key("k")).expect("live");
+    s.gc(T0 + 120 * SEC);
+    assert!(!s.merge(key("k"), l, &old, T0 + 120 * SEC));
+    assert!(s.get(key("k")).is_none());
+}
+
+#[test]
+fn a_recreated_key_has_a_higher_generation_and_wins_over_its_old_state() {
+    let s = store();
+    let l = per_second(10);
+    s.decide(&[charge("k", l, 10)], T0);
+    let (_, old) = s.get(key("k")).expect("live");
+    let later = T0 + 2 * GEN_PERIOD_NS + 120 * SEC;
+    s.gc(later);
+    s.decide(&[charge("k", l, 1)], later);
+    let (_, fresh) = s.get(key("k")).expect("recreated");
+    assert!(fresh.gen() > old.gen());
+    // The old state, still draining in a peer's view, cannot add its counts to the new key.
+    s.merge(key("k"), l, &old, later);
+    assert_eq!(s.get(key("k")).map(|(l, st)| st.tokens(&l, later)), Some(9));
+}
+
+#[test]
+fn merging_a_peer_state_charges_its_consumption() {
+    let s = store();
+    let l = per_second(10);
+    // As if the peer admitted 4 at T0 on a bucket that was full.
+    let mut peer_state = BucketState::new(crate::bucket::generation_at(T0));
+    peer_state.admit(&l, ReplicaId(7), 4, T0, 10);
+    assert!(s.merge(key("k"), l, &peer_state, T0));
+    assert_eq!(s.get(key("k")).map(|(l, st)| st.tokens(&l, T0)), Some(6));
+}
+
+#[test]
+fn changed_keys_are_tracked_for_replication_only_when_asked() {
+    let quiet = store();
+    quiet.decide(&[charge("a", per_second(5), 1)], T0);
+    let mut out = Vec::new();
+    quiet.drain_dirty(&mut out);
+    assert!(out.is_empty());
+
+    let tracked = Store::new(
+        StoreConfig {
+            track_dirty: true,
+            ..StoreConfig::default()
+        },
+        ReplicaId(0),
+    );
+    for _ in 0..3 {
+        tracked.decide(&[charge("a", per_second(5), 1)], T0);
+    }
+    tracked.decide(&[charge("b", per_second(5), 1)], T0);
+    tracked.drain_dirty(&mut out);
+    out.sort();
+    let mut want = vec![key("a"), key("b")];
+    want.sort();
+    assert_eq!(out, want, "coalesced: one entry per changed key");
+    out.clear();
+    tracked.drain_dirty(&mut out);
+    assert!(out.is_empty());
+}
+
+#[test]
+fn many_threads_on_one_key_never_admit_more_than_capacity_plus_refill() {
+    let s = Arc::new(store());
+    let l = Limit::new(100, 1_000, Unit::Second).expect("valid");
+    let clock = Arc::new(std::sync::atomic::AtomicI64::new(T0));
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let s = s.clone();
+            let clock = clock.clone();
+            std::thread::spawn(move || {
+                let mut admitted = 0u64;
+                for _ in 0..20_000 {
+                    // Time advances 1 µs per request across all threads: 1000/s refill means
+                    // one token every 1000 requests.
+                    let now = clock.fetch_add(1_000, Ordering::SeqCst) + 1_000;
+                    if s.decide(&[charge("hot", l, 1)], now)[0].charged {
+                        admitted += 1;
+                    }
+                }
+                admitted
+            })
+        })
+        .collect();
+    let admitted: u64 = threads.into_iter().map(|t| t.join().expect("thread")).sum();
+    let elapsed_s = (clock.load(Ordering::SeqCst) - T0) as f64 / 1e9;
+    let allowance = 100.0 + 1_000.0 * elapsed_s;
+    assert!(
+        admitted as f64 <= allowance,
+        "admitted {admitted} > C + r*t = {allowance}"
+    );
+    // Threads may reach the lock out of time order; that only ever refuses, never admits more.
+    assert!(
+        admitted as f64 >= allowance * 0.95,
+        "admitted {admitted}, expected about {allowance}"
+    );
+}
+
+#[test]
+fn an_entry_fits_in_104_bytes_with_its_key() {
+    // A million live keys: every byte here is a megabyte.
+    assert!(
+        std::mem::size_of::<(Packed, Entry)>() <= 104,
+        "{}",
+        std::mem::size_of::<(Packed, Entry)>()
+    );
+}
+
+#[test]
+fn versions_count_changes_and_keep_the_dirty_bit_apart() {
+    let s = Store::new(
+        StoreConfig {
+            track_dirty: true,
+            ..StoreConfig::default()
+        },
+        ReplicaId(0),
+    );
+    for _ in 0..3 {
+        s.decide(&[charge("v", per_second(5), 1)], T0);
+    }
+    assert_eq!(s.version(key("v")), Some(3));
+    let mut out = Vec::new();
+    s.drain_dirty(&mut out);
+    assert_eq!(s.version(key("v")), Some(3));
+}
