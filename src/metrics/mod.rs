@@ -1,0 +1,193 @@
+//! Prometheus metrics: the service counters, and per-rule bucket aggregates for alerting and the
+//! autoscaler.
+//!
+//! The recorder is owned, not installed globally: each server instance (and each test) has its
+//! own registry, and handles are resolved once per rule at config load so the request path only
+//! does atomic adds, never a label lookup.
+//!
+//! Bucket gauges (`token_bucket_*`) must be true at scrape time without scanning millions of
+//! keys. All buckets of a rule refill at the same rate, so the most drained bucket is simply the
+//! one that will be full last: each rule keeps the latest "full again at" time seen on the
+//! request path, and the gauges are computed from it at scrape time.
+
+mod rule;
+
+use std::sync::Arc;
+
+use metrics::{
+    Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, SharedString,
+};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+
+pub use rule::RuleStats;
+
+const META: Metadata<'static> = Metadata::new("tollgate", Level::INFO, None);
+
+/// Latency buckets for ShouldRateLimit, in seconds: the service answers in microseconds, the
+/// tail is what matters.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 1.0,
+];
+
+/// gRPC codes ShouldRateLimit answers with, as label values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    Ok,
+    InvalidArgument,
+    Unavailable,
+    Internal,
+}
+
+impl Answer {
+    fn label(self) -> &'static str {
+        match self {
+            Answer::Ok => "OK",
+            Answer::InvalidArgument => "InvalidArgument",
+            Answer::Unavailable => "Unavailable",
+            Answer::Internal => "Internal",
+        }
+    }
+}
+
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    requests: [Counter; 4],
+    pub latency: Histogram,
+    pub unknown_domain: Counter,
+    pub config_loads_ok: Counter,
+    pub config_loads_failed: Counter,
+    pub live_keys: Gauge,
+    pub keys_shared: Counter,
+    pub keys_denied: Counter,
+    pub ready: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full("tollgate_request_duration_seconds".into()),
+                LATENCY_BUCKETS,
+            )
+            .expect("static, non-empty bucket list")
+            .build_recorder();
+        let handle = recorder.handle();
+        describe(&recorder);
+        let c = |name: &'static str, labels: &[(&'static str, &'static str)]| {
+            recorder.register_counter(&key(name, labels), &META)
+        };
+        let requests = [
+            Answer::Ok,
+            Answer::InvalidArgument,
+            Answer::Unavailable,
+            Answer::Internal,
+        ]
+        .map(|a| c("tollgate_requests_total", &[("code", a.label())]));
+        let version = recorder.register_gauge(
+            &key(
+                "tollgate_build_info",
+                &[("version", env!("CARGO_PKG_VERSION"))],
+            ),
+            &META,
+        );
+        version.set(1.0);
+        Arc::new(Metrics {
+            requests,
+            latency: recorder
+                .register_histogram(&key("tollgate_request_duration_seconds", &[]), &META),
+            unknown_domain: c("tollgate_unknown_domain_total", &[]),
+            config_loads_ok: c("tollgate_config_loads_total", &[("result", "ok")]),
+            config_loads_failed: c("tollgate_config_loads_total", &[("result", "failed")]),
+            live_keys: recorder.register_gauge(&key("tollgate_live_keys", &[]), &META),
+            keys_shared: c("tollgate_keys_over_cap_total", &[("action", "shared")]),
+            keys_denied: c("tollgate_keys_over_cap_total", &[("action", "denied")]),
+            ready: recorder.register_gauge(&key("tollgate_ready", &[]), &META),
+            recorder,
+            handle,
+        })
+    }
+
+    pub fn request(&self, answer: Answer) {
+        let i = match answer {
+            Answer::Ok => 0,
+            Answer::InvalidArgument => 1,
+            Answer::Unavailable => 2,
+            Answer::Internal => 3,
+        };
+        self.requests[i].increment(1);
+    }
+
+    /// A counter with dynamic labels (rule counters, replication per-peer counters).
+    pub fn counter(&self, name: &'static str, labels: Vec<Label>) -> Counter {
+        self.recorder
+            .register_counter(&Key::from_parts(name, labels), &META)
+    }
+
+    /// A gauge with dynamic labels.
+    pub fn gauge(&self, name: &'static str, labels: Vec<Label>) -> Gauge {
+        self.recorder
+            .register_gauge(&Key::from_parts(name, labels), &META)
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Drain histogram samples into their buckets; must run periodically or samples pile up
+    /// between scrapes.
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+}
+
+fn key(name: &'static str, labels: &[(&'static str, &'static str)]) -> Key {
+    Key::from_parts(
+        name,
+        labels
+            .iter()
+            .map(|(k, v)| Label::new(*k, *v))
+            .collect::<Vec<_>>(),
+    )
+}
+
+fn describe(r: &PrometheusRecorder) {
+    let d =
+        |name: &'static str, help: &'static str| (KeyName::from(name), SharedString::from(help));
+    let counters = [
+        d("tollgate_requests_total", "ShouldRateLimit calls answered, by gRPC code."),
+        d("tollgate_hits_total", "Hits (sum of hits_addend) checked against a rule."),
+        d("tollgate_over_limit_total", "Hits rejected because the rule's bucket was empty."),
+        d("tollgate_near_limit_total", "Hits admitted with the bucket above the near-limit ratio of use."),
+        d("tollgate_within_limit_total", "Hits admitted."),
+        d("tollgate_shadow_mode_total", "Hits over a shadow-mode rule's limit (answered OK)."),
+        d("tollgate_unknown_domain_total", "Requests for a domain no config defines (answered OK)."),
+        d("tollgate_config_loads_total", "Config loads and reloads, by result."),
+        d("tollgate_keys_over_cap_total", "Charges for new keys beyond the live-key cap: answered from a shared bucket, or denied."),
+    ];
+    for (name, help) in counters {
+        r.describe_counter(name, None, help);
+    }
+    let gauges = [
+        d("token_bucket_capacity", "The rule's bucket capacity C, in tokens."),
+        d("token_bucket_fill_rate", "Tokens added per second to each of the rule's buckets."),
+        d("token_bucket_current_usage", "Tokens in use (C - available) in the rule's most drained bucket."),
+        d("token_bucket_refill_delay", "Seconds the rule's most drained bucket has been without a token (0 when every bucket has one)."),
+        d("token_bucket_rejection_rate", "Share of the rule's decisions rejected over the last 60 s."),
+        d("tollgate_live_keys", "Keys with a live bucket in this instance."),
+        d("tollgate_ready", "1 when the instance answers correctly (config loaded, state synced)."),
+        d("tollgate_build_info", "Build information; the value is always 1."),
+    ];
+    for (name, help) in gauges {
+        r.describe_gauge(name, None, help);
+    }
+    r.describe_histogram(
+        KeyName::from("tollgate_request_duration_seconds"),
+        Some(metrics::Unit::Seconds),
+        SharedString::from("Time to decide a ShouldRateLimit call, in seconds."),
+    );
+}

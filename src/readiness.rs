@@ -1,0 +1,41 @@
+//! Two separate facts behind "ready":
+//! - `synced`: this node's answers are correct (config loaded; with replication, the cluster's
+//!   state received). Until then ShouldRateLimit answers UNAVAILABLE so Envoy's failure mode
+//!   decides, rather than a wrong answer from an empty view.
+//! - `draining`: shutting down. The node still answers correctly, but tells load balancers
+//!   (readiness, gRPC health) to send traffic elsewhere.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+#[derive(Debug, Default)]
+pub struct Readiness {
+    synced: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl Readiness {
+    pub fn new(synced: bool) -> Self {
+        Readiness {
+            synced: AtomicBool::new(synced),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    pub fn set_synced(&self, v: bool) {
+        self.synced.store(v, Ordering::Release);
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Answers are correct.
+    pub fn synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    /// Should receive traffic.
+    pub fn ready(&self) -> bool {
+        self.synced() && !self.draining.load(Ordering::Acquire)
+    }
+}

@@ -1,0 +1,68 @@
+//! The Envoy adapter: `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit` over the
+//! [`Limiter`]. Everything it does beyond the limiter is measurement and error mapping.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use tonic::{Request, Response, Status};
+
+use crate::limiter::Limiter;
+use crate::metrics::Answer;
+use crate::readiness::Readiness;
+
+pub use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
+
+/// gRPC service name, as health checks ask for it.
+pub const SERVICE_NAME: &str = "envoy.service.ratelimit.v3.RateLimitService";
+
+pub struct RlsService {
+    limiter: Arc<Limiter>,
+    readiness: Arc<Readiness>,
+}
+
+impl RlsService {
+    pub fn new(limiter: Arc<Limiter>, readiness: Arc<Readiness>) -> Self {
+        RlsService { limiter, readiness }
+    }
+}
+
+/// Decide a request and account for it the same way for gRPC and HTTP callers.
+pub fn decide(
+    limiter: &Limiter,
+    readiness: &Readiness,
+    req: &RateLimitRequest,
+) -> Result<RateLimitResponse, Status> {
+    let start = Instant::now();
+    let metrics = limiter.metrics();
+    if !readiness.synced() {
+        // Not synced means the answer could be wrong: let Envoy's failure mode decide instead.
+        metrics.request(Answer::Unavailable);
+        return Err(Status::unavailable(
+            "tollgate is not ready: its state is not yet synced with its peers",
+        ));
+    }
+    let result = limiter.should_rate_limit(req);
+    metrics.latency.record(start.elapsed().as_secs_f64());
+    match result {
+        Ok(r) => {
+            metrics.request(Answer::Ok);
+            Ok(r)
+        }
+        Err(e) => {
+            metrics.request(Answer::InvalidArgument);
+            Err(Status::invalid_argument(e.to_string()))
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl RateLimitService for RlsService {
+    async fn should_rate_limit(
+        &self,
+        request: Request<RateLimitRequest>,
+    ) -> Result<Response<RateLimitResponse>, Status> {
+        decide(&self.limiter, &self.readiness, request.get_ref()).map(Response::new)
+    }
+}

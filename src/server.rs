@@ -1,0 +1,227 @@
+//! Wiring: listeners, the gRPC and HTTP servers, background tasks, and the shutdown sequence.
+//! Every background task has an owner (a [`CancellationToken`]) and an end.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+use tracing::{info, warn};
+
+use crate::bucket::ReplicaId;
+use crate::clock::{Clock, SystemClock};
+use crate::config::{self, RateLimitConfig};
+use crate::http::{self, HttpState};
+use crate::limiter::{Limiter, RequestBounds};
+use crate::metrics::Metrics;
+use crate::readiness::Readiness;
+use crate::reload::Reloader;
+use crate::rls::{self, RateLimitServiceServer, RlsService};
+use crate::settings::Settings;
+use crate::store::{Store, StoreConfig};
+
+/// How often idle keys are collected and histogram samples folded into buckets.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A started server: its bound addresses, and the handle that stops it.
+pub struct Running {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub limiter: Arc<Limiter>,
+    pub readiness: Arc<Readiness>,
+    stop: CancellationToken,
+    done: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Begin the graceful shutdown and wait for it to finish.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        self.done.await.context("server task panicked")?
+    }
+
+    /// Wait until the server stops (after a shutdown was requested through `stop_token`).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.done.await.context("server task panicked")?
+    }
+
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+}
+
+/// Read the config the settings name, or the embedded example.
+pub fn initial_config(
+    settings: &Settings,
+) -> anyhow::Result<(RateLimitConfig, Vec<(String, String)>)> {
+    match &settings.config {
+        None => Ok((RateLimitConfig::embedded_default(), Vec::new())),
+        Some(path) => {
+            let files = config::read_path(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let cfg = RateLimitConfig::from_files(&files)
+                .map_err(|e| anyhow::anyhow!("invalid rate limit config:\n{e}"))?;
+            Ok((cfg, files))
+        }
+    }
+}
+
+/// Bind, start everything, and return once both listeners accept connections.
+pub async fn start(settings: Settings) -> anyhow::Result<Running> {
+    start_with_clock(settings, Arc::new(SystemClock::new())).await
+}
+
+pub async fn start_with_clock(
+    settings: Settings,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Running> {
+    let (cfg, files) = initial_config(&settings)?;
+    let metrics = Metrics::new();
+    metrics.config_loads_ok.increment(1);
+    let store = Arc::new(Store::new(
+        StoreConfig {
+            max_keys: settings.max_keys,
+            gc_horizon_ns: settings.gc_horizon.as_nanos().min(i64::MAX as u128) as i64,
+            ..StoreConfig::default()
+        },
+        ReplicaId(0),
+    ));
+    let limiter = Arc::new(Limiter::new(
+        cfg,
+        store.clone(),
+        clock.clone(),
+        metrics.clone(),
+        RequestBounds {
+            max_descriptors: settings.max_descriptors,
+            max_entries: settings.max_entries,
+            max_bytes: settings.max_bytes,
+        },
+        settings.near_limit_ratio,
+    ));
+    let readiness = Arc::new(Readiness::new(true));
+    metrics.ready.set(1.0);
+
+    let grpc_listener = TcpListener::bind(settings.grpc_addr)
+        .await
+        .with_context(|| format!("cannot listen for gRPC on {}", settings.grpc_addr))?;
+    let http_listener = TcpListener::bind(settings.http_addr)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", settings.http_addr))?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+
+    let stop = CancellationToken::new();
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", ServingStatus::Serving).await;
+    health
+        .set_service_status(rls::SERVICE_NAME, ServingStatus::Serving)
+        .await;
+
+    let incoming =
+        tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+    let rls = RlsService::new(limiter.clone(), readiness.clone());
+    let grpc_stop = CancellationToken::new();
+    let grpc = tokio::spawn({
+        let grpc_stop = grpc_stop.clone();
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(RateLimitServiceServer::new(rls))
+            .serve_with_incoming_shutdown(incoming, grpc_stop.cancelled_owned())
+    });
+
+    let http_stop = CancellationToken::new();
+    let app = http::router(HttpState {
+        limiter: limiter.clone(),
+        readiness: readiness.clone(),
+    });
+    let http = tokio::spawn({
+        let http_stop = http_stop.clone();
+        async move {
+            axum::serve(http_listener, app)
+                .with_graceful_shutdown(http_stop.cancelled_owned())
+                .await
+        }
+    });
+
+    let background = CancellationToken::new();
+    tokio::spawn(housekeeping(limiter.clone(), background.clone()));
+    if let Some(path) = &settings.config {
+        let reloader = Reloader {
+            path: path.clone(),
+            interval: settings.reload_interval,
+            limiter: limiter.clone(),
+            last: files,
+        };
+        tokio::spawn(reloader.run(background.clone()));
+    }
+    info!(%grpc_addr, %http_addr, "tollgate serving");
+
+    let done = tokio::spawn({
+        let stop = stop.clone();
+        let readiness = readiness.clone();
+        let metrics = metrics.clone();
+        let timeout = settings.shutdown_timeout;
+        async move {
+            stop.cancelled().await;
+            info!("shutting down: health NOT_SERVING, finishing in-flight requests");
+            readiness.set_draining();
+            metrics.ready.set(0.0);
+            health
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+            health
+                .set_service_status(rls::SERVICE_NAME, ServingStatus::NotServing)
+                .await;
+            grpc_stop.cancel();
+            http_stop.cancel();
+            background.cancel();
+            let finished = tokio::time::timeout(timeout, async {
+                let g = grpc.await;
+                let h = http.await;
+                (g, h)
+            })
+            .await;
+            match finished {
+                Ok((g, h)) => {
+                    g.context("gRPC server task")?.context("gRPC server")?;
+                    h.context("HTTP server task")?.context("HTTP server")?;
+                    info!("shutdown complete");
+                }
+                Err(_) => warn!(?timeout, "shutdown timed out with requests still in flight"),
+            }
+            Ok(())
+        }
+    });
+
+    Ok(Running {
+        grpc_addr,
+        http_addr,
+        limiter,
+        readiness,
+        stop,
+        done,
+    })
+}
+
+async fn housekeeping(limiter: Arc<Limiter>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                let now = limiter.clock().now();
+                let store = limiter.store().clone();
+                // A sweep of a million keys takes milliseconds: keep it off the request workers.
+                let removed = tokio::task::spawn_blocking(move || store.gc(now)).await.unwrap_or(0);
+                if removed > 0 {
+                    tracing::debug!(removed, "collected idle keys");
+                }
+                limiter.metrics().upkeep();
+            }
+        }
+    }
+}

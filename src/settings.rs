@@ -1,0 +1,306 @@
+//! Command line and settings: flags > `TOLLGATE_*` environment > settings file > defaults.
+//!
+//! clap reads flags and their environment variables (so `--help` shows both); the `config`
+//! crate layers them over an optional settings file (TOML, YAML or JSON) and the defaults, and
+//! the result is one typed [`Settings`]. Unknown keys in the settings file are errors.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::{Deserialize, Deserializer};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "Envoy's global rate limit service on replicated token buckets",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// `tollgate` with no subcommand is `tollgate serve`.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve(Box<ServeArgs>),
+    /// Validate config files offline: exit 0 when valid, else print every error and exit 1.
+    CheckConfig {
+        /// A YAML file or a directory of them.
+        path: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// Settings file (TOML, YAML or JSON) with any of the options below, by their long names
+    /// with underscores (e.g. `grpc_addr = "0.0.0.0:8081"`).
+    #[arg(long, env = "TOLLGATE_SETTINGS", value_name = "FILE")]
+    pub settings: Option<PathBuf>,
+    /// Rate limit config: one YAML file or a directory of them (envoyproxy/ratelimit format).
+    /// Without it, an embedded example config is served.
+    #[arg(long, env = "TOLLGATE_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// gRPC listen address (ShouldRateLimit and grpc.health.v1) [default: 0.0.0.0:8081]
+    #[arg(long, env = "TOLLGATE_GRPC_ADDR", value_name = "ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
+    /// HTTP listen address (/healthz /readyz /metrics /json /rlconfig) [default: 0.0.0.0:8080]
+    #[arg(long, env = "TOLLGATE_HTTP_ADDR", value_name = "ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// Log format [default: text]
+    #[arg(long, env = "TOLLGATE_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log level or tracing filter, e.g. `info` or `tollgate=debug` [default: info]
+    #[arg(long, env = "TOLLGATE_LOG_LEVEL", value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Most descriptors accepted in one request [default: 64]
+    #[arg(long, env = "TOLLGATE_MAX_DESCRIPTORS", value_name = "N")]
+    pub max_descriptors: Option<usize>,
+    /// Most entries accepted in one descriptor [default: 32]
+    #[arg(long, env = "TOLLGATE_MAX_ENTRIES", value_name = "N")]
+    pub max_entries: Option<usize>,
+    /// Longest domain, key or value accepted, in bytes [default: 1024]
+    #[arg(long, env = "TOLLGATE_MAX_BYTES", value_name = "N")]
+    pub max_bytes: Option<usize>,
+    /// Live keys beyond which new keys share overflow buckets [default: 2000000]
+    #[arg(long, env = "TOLLGATE_MAX_KEYS", value_name = "N")]
+    pub max_keys: Option<usize>,
+    /// A key whose bucket has been full this long is deleted [default: 60s]
+    #[arg(long, env = "TOLLGATE_GC_HORIZON", value_name = "DURATION")]
+    pub gc_horizon: Option<String>,
+    /// How often the config path is checked for changes [default: 1s]
+    #[arg(long, env = "TOLLGATE_RELOAD_INTERVAL", value_name = "DURATION")]
+    pub reload_interval: Option<String>,
+    /// Share of a bucket in use from which admitted hits count as near the limit [default: 0.8]
+    #[arg(long, env = "TOLLGATE_NEAR_LIMIT_RATIO", value_name = "RATIO")]
+    pub near_limit_ratio: Option<f64>,
+    /// How long in-flight requests may take to finish on SIGTERM [default: 10s]
+    #[arg(long, env = "TOLLGATE_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
+    pub shutdown_timeout: Option<String>,
+}
+
+/// The resolved settings of `tollgate serve`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub config: Option<PathBuf>,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub max_descriptors: usize,
+    pub max_entries: usize,
+    pub max_bytes: usize,
+    pub max_keys: usize,
+    #[serde(deserialize_with = "de_duration")]
+    pub gc_horizon: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub reload_interval: Duration,
+    pub near_limit_ratio: f64,
+    #[serde(deserialize_with = "de_duration")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            config: None,
+            grpc_addr: SocketAddr::from(([0, 0, 0, 0], 8081)),
+            http_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+            max_descriptors: 64,
+            max_entries: 32,
+            max_bytes: 1024,
+            max_keys: 2_000_000,
+            gc_horizon: Duration::from_secs(60),
+            reload_interval: Duration::from_secs(1),
+            near_limit_ratio: 0.8,
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s)
+        .map_err(|e| serde::de::Error::custom(format!("invalid duration \"{s}\": {e}")))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("settings: {0}")]
+    Config(#[from] config::ConfigError),
+    #[error("settings: {0}")]
+    Invalid(String),
+}
+
+impl ServeArgs {
+    /// Resolve flags and environment over the settings file over the defaults.
+    pub fn resolve(&self) -> Result<Settings, SettingsError> {
+        let mut b = config::Config::builder();
+        if let Some(path) = &self.settings {
+            b = b.add_source(config::File::from(path.as_path()).required(true));
+        }
+        let overrides: [(&str, Option<String>); 13] = [
+            (
+                "config",
+                self.config.as_ref().map(|p| p.display().to_string()),
+            ),
+            ("grpc_addr", self.grpc_addr.map(|a| a.to_string())),
+            ("http_addr", self.http_addr.map(|a| a.to_string())),
+            (
+                "log_format",
+                self.log_format.map(|f| match f {
+                    LogFormat::Text => "text".to_string(),
+                    LogFormat::Json => "json".to_string(),
+                }),
+            ),
+            ("log_level", self.log_level.clone()),
+            (
+                "max_descriptors",
+                self.max_descriptors.map(|v| v.to_string()),
+            ),
+            ("max_entries", self.max_entries.map(|v| v.to_string())),
+            ("max_bytes", self.max_bytes.map(|v| v.to_string())),
+            ("max_keys", self.max_keys.map(|v| v.to_string())),
+            ("gc_horizon", self.gc_horizon.clone()),
+            ("reload_interval", self.reload_interval.clone()),
+            (
+                "near_limit_ratio",
+                self.near_limit_ratio.map(|v| v.to_string()),
+            ),
+            ("shutdown_timeout", self.shutdown_timeout.clone()),
+        ];
+        for (key, value) in overrides {
+            b = b.set_override_option(key, value)?;
+        }
+        let s: Settings = b.build()?.try_deserialize()?;
+        s.validate()?;
+        Ok(s)
+    }
+}
+
+impl Settings {
+    fn validate(&self) -> Result<(), SettingsError> {
+        if !(0.0..=1.0).contains(&self.near_limit_ratio) {
+            return Err(SettingsError::Invalid(format!(
+                "near_limit_ratio must be between 0 and 1, got {}",
+                self.near_limit_ratio
+            )));
+        }
+        if self.reload_interval.is_zero() {
+            return Err(SettingsError::Invalid("reload_interval must be > 0".into()));
+        }
+        if self.max_descriptors == 0 || self.max_entries == 0 || self.max_bytes == 0 {
+            return Err(SettingsError::Invalid(
+                "max_descriptors, max_entries and max_bytes must be > 0".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn args(a: &[&str]) -> ServeArgs {
+        let mut full = vec!["tollgate"];
+        full.extend_from_slice(a);
+        Cli::try_parse_from(full).expect("parses").serve
+    }
+
+    #[test]
+    fn defaults_without_flags_or_file() {
+        let s = args(&[]).resolve().expect("valid");
+        assert_eq!(s.grpc_addr.to_string(), "0.0.0.0:8081");
+        assert_eq!(s.http_addr.to_string(), "0.0.0.0:8080");
+        assert_eq!(s.gc_horizon, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn flags_override_the_settings_file() {
+        let mut f = tempfile::Builder::new()
+            .suffix(".toml")
+            .tempfile()
+            .expect("tmp");
+        writeln!(
+            f,
+            "grpc_addr = \"127.0.0.1:9001\"\nhttp_addr = \"127.0.0.1:9002\"\ngc_horizon = \"2m\""
+        )
+        .expect("write");
+        let path = f.path().display().to_string();
+        let s = args(&["--settings", &path, "--grpc-addr", "127.0.0.1:7001"])
+            .resolve()
+            .expect("valid");
+        assert_eq!(s.grpc_addr.to_string(), "127.0.0.1:7001", "flag wins");
+        assert_eq!(
+            s.http_addr.to_string(),
+            "127.0.0.1:9002",
+            "file beats default"
+        );
+        assert_eq!(s.gc_horizon, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn unknown_settings_keys_are_refused_by_name() {
+        let mut f = tempfile::Builder::new()
+            .suffix(".toml")
+            .tempfile()
+            .expect("tmp");
+        writeln!(f, "grpc_adr = \"127.0.0.1:9001\"").expect("write");
+        let path = f.path().display().to_string();
+        let err = args(&["--settings", &path])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("grpc_adr"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_duration_says_which_and_why() {
+        let err = args(&["--gc-horizon", "soon"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"soon\""), "{err}");
+    }
+
+    #[test]
+    fn a_bad_address_flag_is_refused_by_clap() {
+        let err = Cli::try_parse_from(["tollgate", "--grpc-addr", "nowhere"]).unwrap_err();
+        assert!(err.to_string().contains("--grpc-addr"), "{err}");
+    }
+
+    #[test]
+    fn near_limit_ratio_must_be_a_ratio() {
+        let err = args(&["--near-limit-ratio", "1.5"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("near_limit_ratio"), "{err}");
+    }
+
+    #[test]
+    fn serve_is_the_default_subcommand() {
+        let cli = Cli::try_parse_from(["tollgate", "--http-addr", "127.0.0.1:1"]).expect("parses");
+        assert!(cli.command.is_none());
+        let cli = Cli::try_parse_from(["tollgate", "check-config", "x.yaml"]).expect("parses");
+        assert!(matches!(cli.command, Some(Command::CheckConfig { .. })));
+    }
+}

@@ -1,0 +1,10 @@
+//! Integration tests: the real server on ephemeral loopback ports, called as clients call it.
+//! One test binary (modules below) so the suite links once.
+
+mod binary;
+mod common;
+mod decisions;
+mod errors;
+mod http;
+mod metrics;
+mod reload;
