@@ -12,6 +12,7 @@ pub mod limiter;
 pub mod metrics;
 pub mod readiness;
 pub mod reload;
+pub mod replication;
 pub mod rls;
 pub mod server;
 pub mod settings;

@@ -4,6 +4,7 @@
 //!   decides, rather than a wrong answer from an empty view.
 //! - `draining`: shutting down. The node still answers correctly, but tells load balancers
 //!   (readiness, gRPC health) to send traffic elsewhere.
+//! - `outlier`: this node's clock is far off most peers' (replication quarantines it): same.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -11,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub struct Readiness {
     synced: AtomicBool,
     draining: AtomicBool,
+    outlier: AtomicBool,
 }
 
 impl Readiness {
@@ -18,6 +20,7 @@ impl Readiness {
         Readiness {
             synced: AtomicBool::new(synced),
             draining: AtomicBool::new(false),
+            outlier: AtomicBool::new(false),
         }
     }
 
@@ -29,6 +32,11 @@ impl Readiness {
         self.draining.store(true, Ordering::Release);
     }
 
+    /// This node's clock is far from most of its peers': it should not take traffic.
+    pub fn set_outlier(&self, v: bool) {
+        self.outlier.store(v, Ordering::Release);
+    }
+
     /// Answers are correct.
     pub fn synced(&self) -> bool {
         self.synced.load(Ordering::Acquire)
@@ -36,6 +44,8 @@ impl Readiness {
 
     /// Should receive traffic.
     pub fn ready(&self) -> bool {
-        self.synced() && !self.draining.load(Ordering::Acquire)
+        self.synced()
+            && !self.draining.load(Ordering::Acquire)
+            && !self.outlier.load(Ordering::Acquire)
     }
 }

@@ -20,6 +20,7 @@ use crate::limiter::{Limiter, RequestBounds};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::reload::Reloader;
+use crate::replication::{Replica, ReplicaTable, ReplicationSettings, Replicator};
 use crate::rls::{self, RateLimitServiceServer, RlsService};
 use crate::settings::Settings;
 use crate::store::{Store, StoreConfig};
@@ -31,6 +32,10 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(5);
 pub struct Running {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// The peer stream's address, when replication is on.
+    pub peer_addr: Option<SocketAddr>,
+    /// Who the replicas in bucket slots are (replica 0 is this process).
+    pub replicas: Arc<ReplicaTable>,
     pub limiter: Arc<Limiter>,
     pub readiness: Arc<Readiness>,
     stop: CancellationToken,
@@ -79,12 +84,17 @@ pub async fn start_with_clock(
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Running> {
     let (cfg, files) = initial_config(&settings)?;
+    let replication = replication_settings(&settings)?;
     let metrics = Metrics::new();
     metrics.config_loads_ok.increment(1);
     let store = Arc::new(Store::new(
         StoreConfig {
             max_keys: settings.max_keys,
             gc_horizon_ns: settings.gc_horizon.as_nanos().min(i64::MAX as u128) as i64,
+            track_dirty: replication.enabled(),
+            // Late remote consumption is debt; cap it at about one capacity per other node so
+            // a heal after a partition cannot lock a key out for long.
+            debt_cap_capacities: replication.peers.len().max(2) as u32,
             ..StoreConfig::default()
         },
         ReplicaId(0),
@@ -101,8 +111,12 @@ pub async fn start_with_clock(
         },
         settings.near_limit_ratio,
     ));
-    let readiness = Arc::new(Readiness::new(true));
-    metrics.ready.set(1.0);
+    // A replicated node is not ready until it holds its peers' state: answering from an empty
+    // view would create fresh buckets that override what the cluster consumed.
+    let readiness = Arc::new(Readiness::new(!replication.enabled()));
+    metrics
+        .ready
+        .set(if replication.enabled() { 0.0 } else { 1.0 });
 
     let grpc_listener = TcpListener::bind(settings.grpc_addr)
         .await
@@ -112,6 +126,29 @@ pub async fn start_with_clock(
         .with_context(|| format!("cannot listen for HTTP on {}", settings.http_addr))?;
     let grpc_addr = grpc_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
+    let replicas = Arc::new(ReplicaTable::new(Replica {
+        node: replication.node_id.clone(),
+        incarnation: replication.incarnation,
+    }));
+    let replicator = if replication.enabled() {
+        let peer_listener = TcpListener::bind(settings.peer_addr)
+            .await
+            .with_context(|| format!("cannot listen for peers on {}", settings.peer_addr))?;
+        Some(
+            Replicator::start(
+                replication,
+                replicas.clone(),
+                peer_listener,
+                store.clone(),
+                limiter.clone(),
+                readiness.clone(),
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    let peer_addr = replicator.as_ref().map(|r| r.peer_addr);
 
     let stop = CancellationToken::new();
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -184,14 +221,24 @@ pub async fn start_with_clock(
                 (g, h)
             })
             .await;
-            match finished {
-                Ok((g, h)) => {
-                    g.context("gRPC server task")?.context("gRPC server")?;
-                    h.context("HTTP server task")?.context("HTTP server")?;
-                    info!("shutdown complete");
+            let served = match finished {
+                Ok((g, h)) => g
+                    .context("gRPC server task")
+                    .and_then(|r| r.context("gRPC server"))
+                    .and_then(|_| h.context("HTTP server task"))
+                    .and_then(|r| r.context("HTTP server")),
+                Err(_) => {
+                    warn!(?timeout, "shutdown timed out with requests still in flight");
+                    Ok(())
                 }
-                Err(_) => warn!(?timeout, "shutdown timed out with requests still in flight"),
+            };
+            // No more admissions now: hand what this node admitted to its peers.
+            if let Some(r) = replicator {
+                r.hand_off(timeout).await;
+                r.stop().await;
             }
+            served?;
+            info!("shutdown complete");
             Ok(())
         }
     });
@@ -199,10 +246,46 @@ pub async fn start_with_clock(
     Ok(Running {
         grpc_addr,
         http_addr,
+        peer_addr,
+        replicas,
         limiter,
         readiness,
         stop,
         done,
+    })
+}
+
+fn replication_settings(s: &Settings) -> anyhow::Result<ReplicationSettings> {
+    let secret = match &s.cluster_secret_file {
+        None => None,
+        Some(path) => {
+            let raw = std::fs::read(path)
+                .with_context(|| format!("cannot read --cluster-secret-file {}", path.display()))?;
+            let trimmed = raw.trim_ascii().to_vec();
+            anyhow::ensure!(
+                !trimmed.is_empty(),
+                "--cluster-secret-file {} is empty",
+                path.display()
+            );
+            Some(trimmed)
+        }
+    };
+    Ok(ReplicationSettings {
+        node_id: s.node_id.clone(),
+        incarnation: rand::random(),
+        cluster_id: s.cluster_id.clone(),
+        secret,
+        peers: s.peers.clone(),
+        peer_dns: s.peer_dns.clone(),
+        sync_interval: s.sync_interval,
+        sync_timeout: s.sync_timeout,
+        max_frame_bytes: 1 << 20,
+        max_clock_offset: s.max_clock_offset,
+        advertise_addr: if s.peer_addr.ip().is_unspecified() {
+            String::new()
+        } else {
+            s.peer_addr.to_string()
+        },
     })
 }
 

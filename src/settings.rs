@@ -87,9 +87,38 @@ pub struct ServeArgs {
     /// Share of a bucket in use from which admitted hits count as near the limit [default: 0.8]
     #[arg(long, env = "TOLLGATE_NEAR_LIMIT_RATIO", value_name = "RATIO")]
     pub near_limit_ratio: Option<f64>,
-    /// How long in-flight requests may take to finish on SIGTERM [default: 10s]
+    /// How long in-flight requests and the handoff to peers may take on SIGTERM [default: 10s]
     #[arg(long, env = "TOLLGATE_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
     pub shutdown_timeout: Option<String>,
+    /// This node's name among its peers [default: the hostname]
+    #[arg(long, env = "TOLLGATE_NODE_ID", value_name = "NAME")]
+    pub node_id: Option<String>,
+    /// Listen address of the peer (replication) stream [default: 0.0.0.0:8082]
+    #[arg(long, env = "TOLLGATE_PEER_ADDR", value_name = "ADDR")]
+    pub peer_addr: Option<SocketAddr>,
+    /// Peers' replication addresses, comma-separated (host:port,...); this node's own address
+    /// may be in the list. With no peers and no --peer-dns, the node runs alone.
+    #[arg(long, env = "TOLLGATE_PEERS", value_name = "ADDRS")]
+    pub peers: Option<String>,
+    /// DNS name whose addresses are the peers (a Kubernetes headless Service), as NAME:PORT;
+    /// re-resolved every 5 s.
+    #[arg(long, env = "TOLLGATE_PEER_DNS", value_name = "NAME:PORT")]
+    pub peer_dns: Option<String>,
+    /// How often changed buckets are sent to peers [default: 20ms]
+    #[arg(long, env = "TOLLGATE_SYNC_INTERVAL", value_name = "DURATION")]
+    pub sync_interval: Option<String>,
+    /// How long a starting node waits for its peers' snapshots before serving anyway [default: 10s]
+    #[arg(long, env = "TOLLGATE_SYNC_TIMEOUT", value_name = "DURATION")]
+    pub sync_timeout: Option<String>,
+    /// Cluster name; peers of another cluster are refused [default: tollgate]
+    #[arg(long, env = "TOLLGATE_CLUSTER_ID", value_name = "NAME")]
+    pub cluster_id: Option<String>,
+    /// File holding the cluster secret; peers must sign their Hello with it
+    #[arg(long, env = "TOLLGATE_CLUSTER_SECRET_FILE", value_name = "FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// Peers whose clock is further off are quarantined [default: 100ms]
+    #[arg(long, env = "TOLLGATE_MAX_CLOCK_OFFSET", value_name = "DURATION")]
+    pub max_clock_offset: Option<String>,
 }
 
 /// The resolved settings of `tollgate serve`.
@@ -112,6 +141,19 @@ pub struct Settings {
     pub near_limit_ratio: f64,
     #[serde(deserialize_with = "de_duration")]
     pub shutdown_timeout: Duration,
+    pub node_id: String,
+    pub peer_addr: SocketAddr,
+    #[serde(deserialize_with = "de_list")]
+    pub peers: Vec<String>,
+    pub peer_dns: Option<String>,
+    #[serde(deserialize_with = "de_duration")]
+    pub sync_interval: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub sync_timeout: Duration,
+    pub cluster_id: String,
+    pub cluster_secret_file: Option<PathBuf>,
+    #[serde(deserialize_with = "de_duration")]
+    pub max_clock_offset: Duration,
 }
 
 impl Default for Settings {
@@ -130,8 +172,36 @@ impl Default for Settings {
             reload_interval: Duration::from_secs(1),
             near_limit_ratio: 0.8,
             shutdown_timeout: Duration::from_secs(10),
+            node_id: gethostname::gethostname().to_string_lossy().into_owned(),
+            peer_addr: SocketAddr::from(([0, 0, 0, 0], 8082)),
+            peers: Vec::new(),
+            peer_dns: None,
+            sync_interval: Duration::from_millis(20),
+            sync_timeout: Duration::from_secs(10),
+            cluster_id: "tollgate".into(),
+            cluster_secret_file: None,
+            max_clock_offset: Duration::from_millis(100),
         }
     }
+}
+
+/// A list given as "a,b,c" (flag, environment) or as a list (settings file).
+fn de_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum L {
+        One(String),
+        Many(Vec<String>),
+    }
+    let items = match L::deserialize(d)? {
+        L::One(s) => s.split(',').map(str::to_string).collect(),
+        L::Many(v) => v,
+    };
+    Ok(items
+        .into_iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect())
 }
 
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -155,7 +225,7 @@ impl ServeArgs {
         if let Some(path) = &self.settings {
             b = b.add_source(config::File::from(path.as_path()).required(true));
         }
-        let overrides: [(&str, Option<String>); 13] = [
+        let overrides: [(&str, Option<String>); 22] = [
             (
                 "config",
                 self.config.as_ref().map(|p| p.display().to_string()),
@@ -184,6 +254,20 @@ impl ServeArgs {
                 self.near_limit_ratio.map(|v| v.to_string()),
             ),
             ("shutdown_timeout", self.shutdown_timeout.clone()),
+            ("node_id", self.node_id.clone()),
+            ("peer_addr", self.peer_addr.map(|a| a.to_string())),
+            ("peers", self.peers.clone()),
+            ("peer_dns", self.peer_dns.clone()),
+            ("sync_interval", self.sync_interval.clone()),
+            ("sync_timeout", self.sync_timeout.clone()),
+            ("cluster_id", self.cluster_id.clone()),
+            (
+                "cluster_secret_file",
+                self.cluster_secret_file
+                    .as_ref()
+                    .map(|p| p.display().to_string()),
+            ),
+            ("max_clock_offset", self.max_clock_offset.clone()),
         ];
         for (key, value) in overrides {
             b = b.set_override_option(key, value)?;
@@ -204,6 +288,33 @@ impl Settings {
         }
         if self.reload_interval.is_zero() {
             return Err(SettingsError::Invalid("reload_interval must be > 0".into()));
+        }
+        if self.sync_interval.is_zero() {
+            return Err(SettingsError::Invalid("sync_interval must be > 0".into()));
+        }
+        if self.node_id.is_empty() {
+            return Err(SettingsError::Invalid("node_id must not be empty".into()));
+        }
+        if let Some(dns) = &self.peer_dns {
+            if dns
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
+                return Err(SettingsError::Invalid(format!(
+                    "peer_dns must be NAME:PORT, got '{dns}'"
+                )));
+            }
+        }
+        for p in &self.peers {
+            if p.rsplit_once(':')
+                .and_then(|(_, port)| port.parse::<u16>().ok())
+                .is_none()
+            {
+                return Err(SettingsError::Invalid(format!(
+                    "peers must be host:port addresses, got '{p}'"
+                )));
+            }
         }
         if self.max_descriptors == 0 || self.max_entries == 0 || self.max_bytes == 0 {
             return Err(SettingsError::Invalid(
@@ -294,6 +405,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("near_limit_ratio"), "{err}");
+    }
+
+    #[test]
+    fn peers_are_a_comma_separated_list() {
+        let s = args(&["--peers", "a:8082, b:8082,,c:8082"])
+            .resolve()
+            .expect("valid");
+        assert_eq!(s.peers, vec!["a:8082", "b:8082", "c:8082"]);
+    }
+
+    #[test]
+    fn a_peer_without_a_port_is_refused() {
+        let err = args(&["--peers", "a:8082,b"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("'b'"), "{err}");
+        let err = args(&["--peer-dns", "tollgate-peers"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("NAME:PORT"), "{err}");
     }
 
     #[test]

@@ -49,6 +49,28 @@ pub struct Verdict {
     pub placement: Placement,
 }
 
+/// What a merge did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Merged {
+    /// Joined into the key's state. `sender_is_current`: the result equals what the sender
+    /// sent, so sending it back would tell the sender nothing (no echo).
+    Applied {
+        changed: bool,
+        sender_is_current: bool,
+        version: u32,
+    },
+    /// A full bucket for an absent key: nothing to store (GC already deleted it, or never had it).
+    Dropped,
+    /// The key exists with another limit.
+    Refused,
+}
+
+impl Merged {
+    pub fn changed(&self) -> bool {
+        matches!(self, Merged::Applied { changed: true, .. })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Placement {
     Own,
@@ -385,9 +407,8 @@ impl Store {
     }
 
     /// Merge a state received for `key` (from a peer). A state that reads as a full bucket is
-    /// not stored for an absent key: that would resurrect a key GC already deleted. Returns
-    /// whether the local state changed.
-    pub fn merge(&self, key: KeyId, limit: Limit, state: &BucketState, now: i64) -> bool {
+    /// not stored for an absent key: that would resurrect a key GC already deleted.
+    pub fn merge(&self, key: KeyId, limit: Limit, state: &BucketState, now: i64) -> Merged {
         let mut g = self.shards[self.shard_of(key)].0.lock();
         let shard = &mut *g;
         match shard.map.get_mut(&Packed::of(key.0)) {
@@ -395,17 +416,21 @@ impl Store {
                 if e.limit != limit {
                     // The same key id with another limit cannot come from the same rule: the
                     // key id includes the limit. Refuse rather than misinterpret the counts.
-                    return false;
+                    return Merged::Refused;
                 }
                 let changed = e.state.join(state);
                 if changed && e.touch(self.cfg.track_dirty) {
                     shard.dirty.push(key.0);
                 }
-                changed
+                Merged::Applied {
+                    changed,
+                    sender_is_current: e.state == *state,
+                    version: e.version(),
+                }
             }
             None => {
                 if state.is_idle(&limit, now, 0) {
-                    return false;
+                    return Merged::Dropped;
                 }
                 self.live.fetch_add(1, Ordering::Relaxed);
                 let mut e = Entry {
@@ -416,8 +441,29 @@ impl Store {
                 if e.touch(self.cfg.track_dirty) {
                     shard.dirty.push(key.0);
                 }
+                let version = e.version();
                 shard.map.insert(Packed::of(key.0), e);
-                true
+                Merged::Applied {
+                    changed: true,
+                    sender_is_current: true,
+                    version,
+                }
+            }
+        }
+    }
+
+    /// Number of shards (for iterating one shard at a time).
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Visit the live keys of one shard (a snapshot streams shard by shard, so it never holds a
+    /// lock across an await and never copies the whole table).
+    pub fn for_each_in_shard(&self, shard: usize, mut f: impl FnMut(KeyId, &Limit, &BucketState)) {
+        if let Some(s) = self.shards.get(shard) {
+            let g = s.0.lock();
+            for (id, e) in &g.map {
+                f(KeyId(id.id()), &e.limit, &e.state);
             }
         }
     }

@@ -174,7 +174,7 @@ fn a_late_full_state_does_not_resurrect_a_deleted_key() {
     s.decide(&[charge("k", l, 10)], T0);
     let (_, old) = s.get(key("k")).expect("live");
     s.gc(T0 + 120 * SEC);
-    assert!(!s.merge(key("k"), l, &old, T0 + 120 * SEC));
+    assert_eq!(s.merge(key("k"), l, &old, T0 + 120 * SEC), Merged::Dropped);
     assert!(s.get(key("k")).is_none());
 }
 
@@ -201,7 +201,7 @@ fn merging_a_peer_state_charges_its_consumption() {
     // As if the peer admitted 4 at T0 on a bucket that was full.
     let mut peer_state = BucketState::new(crate::bucket::generation_at(T0));
     peer_state.admit(&l, ReplicaId(7), 4, T0, 10);
-    assert!(s.merge(key("k"), l, &peer_state, T0));
+    assert!(s.merge(key("k"), l, &peer_state, T0).changed());
     assert_eq!(s.get(key("k")).map(|(l, st)| st.tokens(&l, T0)), Some(6));
 }
 

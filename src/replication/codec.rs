@@ -1,0 +1,273 @@
+//! Bucket states to and from the wire. Every received field is checked: a malformed frame is an
+//! error that closes that one stream, never a panic and never a misread bucket.
+
+use std::collections::HashMap;
+
+use super::proto;
+use super::replicas::{Replica, ReplicaTable};
+use crate::bucket::{BucketState, Limit, ReplicaId, Slot};
+use crate::store::KeyId;
+use crate::unit::Unit;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    #[error("key {index}: limit has capacity {capacity}, per_unit {per_unit}, unit {unit}: not a valid limit")]
+    BadLimit {
+        index: usize,
+        capacity: u32,
+        per_unit: u32,
+        unit: i32,
+    },
+    #[error("key {index}: slot refers to replica {replica}, but the frame lists {listed}")]
+    BadReplica {
+        index: usize,
+        replica: u32,
+        listed: usize,
+    },
+    #[error("frame has no kind (empty oneof)")]
+    Empty,
+    #[error("unexpected {0} frame")]
+    Unexpected(&'static str),
+}
+
+fn split(v: i128) -> (u64, i64) {
+    (v as u64, (v >> 64) as i64)
+}
+
+fn join(lo: u64, hi: i64) -> i128 {
+    ((hi as i128) << 64) | lo as i128
+}
+
+/// Builds one Delta: the replica table is local to the frame, so slot references stay small.
+pub struct DeltaBuilder<'a> {
+    replicas: &'a ReplicaTable,
+    index: HashMap<ReplicaId, u32>,
+    pub delta: proto::Delta,
+    bytes: usize,
+}
+
+impl<'a> DeltaBuilder<'a> {
+    pub fn new(replicas: &'a ReplicaTable) -> Self {
+        DeltaBuilder {
+            replicas,
+            index: HashMap::new(),
+            delta: proto::Delta::default(),
+            bytes: 0,
+        }
+    }
+
+    /// Encoded size so far (approximate to a few bytes), to cap frames.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.delta.keys.is_empty()
+    }
+
+    pub fn push(&mut self, key: KeyId, limit: &Limit, state: &BucketState) {
+        let mut slots = Vec::with_capacity(state.slots().len());
+        for s in state.slots() {
+            let next = self.index.len() as u32;
+            let idx = match self.index.get(&s.replica) {
+                Some(i) => *i,
+                None => {
+                    let Some(r) = self.replicas.get(s.replica) else {
+                        continue;
+                    };
+                    let m = proto::Replica {
+                        node: r.node,
+                        incarnation: r.incarnation,
+                    };
+                    self.bytes += prost::Message::encoded_len(&m) + 2;
+                    self.delta.replicas.push(m);
+                    self.index.insert(s.replica, next);
+                    next
+                }
+            };
+            slots.push(proto::Slot {
+                replica: idx,
+                consumed: s.consumed,
+                requested: s.requested,
+            });
+        }
+        let (base_lo, base_hi) = split(state.base());
+        let (forgiven_lo, forgiven_hi) = split(state.forgiven());
+        let k = proto::KeyState {
+            key_lo: key.0 as u64,
+            key_hi: (key.0 >> 64) as u64,
+            capacity: limit.capacity(),
+            per_unit: limit.per_unit(),
+            unit: limit.unit().to_proto(),
+            gen: state.gen(),
+            base_lo,
+            base_hi,
+            forgiven_lo,
+            forgiven_hi,
+            slots,
+        };
+        self.bytes += prost::Message::encoded_len(&k) + 3;
+        self.delta.keys.push(k);
+    }
+}
+
+/// Decode a received Delta's keys, mapping its replicas to local ids.
+pub fn decode_delta(
+    delta: &proto::Delta,
+    replicas: &ReplicaTable,
+) -> Result<Vec<(KeyId, Limit, BucketState)>, FrameError> {
+    let ids: Vec<ReplicaId> = delta
+        .replicas
+        .iter()
+        .map(|r| {
+            replicas.intern(&Replica {
+                node: r.node.clone(),
+                incarnation: r.incarnation,
+            })
+        })
+        .collect();
+    delta
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(index, k)| {
+            let limit = Unit::from_proto(k.unit)
+                .and_then(|u| Limit::new(k.capacity, k.per_unit, u))
+                .ok_or(FrameError::BadLimit {
+                    index,
+                    capacity: k.capacity,
+                    per_unit: k.per_unit,
+                    unit: k.unit,
+                })?;
+            let slots = k
+                .slots
+                .iter()
+                .map(|s| {
+                    let replica = *ids.get(s.replica as usize).ok_or(FrameError::BadReplica {
+                        index,
+                        replica: s.replica,
+                        listed: ids.len(),
+                    })?;
+                    Ok(Slot {
+                        replica,
+                        consumed: s.consumed,
+                        requested: s.requested,
+                    })
+                })
+                .collect::<Result<Vec<_>, FrameError>>()?;
+            let state = BucketState::from_parts(
+                k.gen,
+                join(k.base_lo, k.base_hi),
+                join(k.forgiven_lo, k.forgiven_hi),
+                slots,
+            );
+            Ok((
+                KeyId((k.key_hi as u128) << 64 | k.key_lo as u128),
+                limit,
+                state,
+            ))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: i64 = 1_700_000_000_000_000_000;
+
+    fn table(node: &str, inc: u64) -> ReplicaTable {
+        ReplicaTable::new(Replica {
+            node: node.into(),
+            incarnation: inc,
+        })
+    }
+
+    #[test]
+    fn a_state_survives_the_round_trip_between_two_nodes() {
+        let a = table("a", 1);
+        let b = table("b", 2);
+        let limit = Limit::new(10, 5, Unit::Minute).expect("valid");
+        let mut s = BucketState::new(3);
+        s.admit(&limit, ReplicaId(0), 4, T0, 10);
+        let mut d = DeltaBuilder::new(&a);
+        d.push(KeyId(u128::MAX - 5), &limit, &s);
+        let got = decode_delta(&d.delta, &b).expect("valid");
+        assert_eq!(got.len(), 1);
+        let (key, l, state) = &got[0];
+        assert_eq!(*key, KeyId(u128::MAX - 5));
+        assert_eq!(*l, limit);
+        // Same bucket, seen from b: a's slot is b's replica 1.
+        assert_eq!(state.tokens(l, T0), s.tokens(&limit, T0));
+        assert_eq!(state.base(), s.base());
+        assert_eq!(state.slots()[0].replica, ReplicaId(1));
+        assert_eq!(b.get(ReplicaId(1)).map(|r| r.node), Some("a".to_string()));
+    }
+
+    #[test]
+    fn negative_and_huge_registers_round_trip() {
+        for v in [i128::MIN, -1, 0, 1, i128::MAX, T0 as i128 * 1_000_000_000] {
+            let (lo, hi) = split(v);
+            assert_eq!(join(lo, hi), v);
+        }
+    }
+
+    #[test]
+    fn a_slot_naming_an_unlisted_replica_is_refused() {
+        let delta = proto::Delta {
+            seq: 1,
+            replicas: vec![],
+            keys: vec![proto::KeyState {
+                capacity: 1,
+                per_unit: 1,
+                unit: 1,
+                slots: vec![proto::Slot {
+                    replica: 3,
+                    consumed: 1,
+                    requested: 1,
+                }],
+                ..Default::default()
+            }],
+        };
+        let err = decode_delta(&delta, &table("a", 1)).unwrap_err();
+        assert_eq!(
+            err,
+            FrameError::BadReplica {
+                index: 0,
+                replica: 3,
+                listed: 0
+            }
+        );
+    }
+
+    #[test]
+    fn an_invalid_limit_is_refused() {
+        let delta = proto::Delta {
+            seq: 1,
+            replicas: vec![],
+            keys: vec![proto::KeyState {
+                capacity: 0,
+                per_unit: 1,
+                unit: 1,
+                ..Default::default()
+            }],
+        };
+        assert!(matches!(
+            decode_delta(&delta, &table("a", 1)),
+            Err(FrameError::BadLimit { .. })
+        ));
+        let delta = proto::Delta {
+            keys: vec![proto::KeyState {
+                capacity: 1,
+                per_unit: 1,
+                unit: 99,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(matches!(
+            decode_delta(&delta, &table("a", 1)),
+            Err(FrameError::BadLimit { .. })
+        ));
+    }
+}

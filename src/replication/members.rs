@@ -1,0 +1,73 @@
+//! Who the peers are: the static `--peers` list plus, with `--peer-dns`, every address the name
+//! resolves to (a Kubernetes headless Service lists every pod, ready or not), re-resolved every
+//! few seconds so members come and go. A link whose address disappears is stopped; this node's
+//! own address is recognised from the peer's answer and ignored.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::link::{self, Link};
+use super::Shared;
+
+const RESOLVE_INTERVAL: Duration = Duration::from_secs(5);
+
+async fn desired(shared: &Shared) -> HashSet<String> {
+    let mut out: HashSet<String> = shared.settings.peers.iter().cloned().collect();
+    if let Some(name) = &shared.settings.peer_dns {
+        match tokio::net::lookup_host(name.as_str()).await {
+            Ok(addrs) => out.extend(addrs.map(|a| a.to_string())),
+            Err(e) => {
+                warn!(%name, error = %e, "cannot resolve --peer-dns; keeping the current peers")
+            }
+        }
+    }
+    out
+}
+
+/// Bring the set of links in line with the desired members.
+pub(crate) async fn update(shared: &Arc<Shared>, stop: &CancellationToken) {
+    let want = desired(shared).await;
+    if shared.settings.peer_dns.is_some() && want.is_empty() {
+        // A failed or empty lookup must not tear down every link.
+        return;
+    }
+    let mut links = shared.links.lock();
+    links.retain(|addr, l| {
+        let keep = want.contains(addr);
+        if !keep {
+            info!(%addr, "peer left");
+            l.stop.cancel();
+        }
+        keep
+    });
+    for addr in want {
+        if links.contains_key(&addr) {
+            continue;
+        }
+        let l = Arc::new(Link::new(shared, addr.clone(), stop.child_token()));
+        links.insert(addr, l.clone());
+        tokio::spawn(link::run(shared.clone(), l));
+    }
+    let peers = links.values().filter(|l| !l.is_myself()).count();
+    let connected = links
+        .values()
+        .filter(|l| l.connected_node().is_some())
+        .count();
+    shared.metrics.peers.set(peers as f64);
+    shared.metrics.connected.set(connected as f64);
+}
+
+pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(RESOLVE_INTERVAL);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => update(&shared, &stop).await,
+        }
+    }
+}

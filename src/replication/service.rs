@@ -1,0 +1,243 @@
+//! The receiving end of peer streams: check the Hello, merge Deltas, acknowledge, answer Pings.
+//! A malformed or unexpected frame closes that one stream with a status that says what was
+//! wrong; the node and its other streams carry on.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, warn};
+
+use super::codec::{decode_delta, FrameError};
+use super::proto::frame::Kind;
+use super::proto::replication_server::{Replication, ReplicationServer};
+use super::proto::{Ack, Frame, Pong};
+use super::Shared;
+use crate::store::Merged;
+
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, stop: CancellationToken) {
+    let max = shared.settings.max_frame_bytes * 2;
+    let svc = ReplicationServer::new(PeerService {
+        shared,
+        stop: stop.clone(),
+    })
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(max);
+    let incoming = TcpListenerStream::new(listener);
+    if let Err(e) = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(svc)
+        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+        .await
+    {
+        warn!(error = %e, "peer server stopped");
+    }
+}
+
+struct PeerService {
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+}
+
+fn frame(kind: Kind) -> Frame {
+    Frame { kind: Some(kind) }
+}
+
+fn kind_name(k: &Kind) -> &'static str {
+    match k {
+        Kind::Hello(_) => "Hello",
+        Kind::Delta(_) => "Delta",
+        Kind::Ack(_) => "Ack",
+        Kind::Ping(_) => "Ping",
+        Kind::Pong(_) => "Pong",
+        Kind::SnapshotEnd(_) => "SnapshotEnd",
+    }
+}
+
+#[tonic::async_trait]
+impl Replication for PeerService {
+    type SyncStream = ReceiverStream<Result<Frame, Status>>;
+
+    async fn sync(
+        &self,
+        req: Request<Streaming<Frame>>,
+    ) -> Result<Response<Self::SyncStream>, Status> {
+        let shared = &self.shared;
+        let mut inbound = req.into_inner();
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Ok(Ok(Some(Frame {
+                kind: Some(Kind::Hello(h)),
+            }))) => h,
+            Ok(Ok(Some(_))) => {
+                shared.metrics.refused("malformed");
+                return Err(Status::invalid_argument(
+                    "the first frame of a peer stream must be Hello",
+                ));
+            }
+            Ok(Ok(None)) => {
+                return Err(Status::cancelled("peer closed the stream before its Hello"))
+            }
+            Ok(Err(s)) => {
+                shared.metrics.refused("malformed");
+                return Err(Status::invalid_argument(format!(
+                    "cannot read the peer's Hello: {}",
+                    s.message()
+                )));
+            }
+            Err(_) => return Err(Status::deadline_exceeded("no Hello within 5 s")),
+        };
+        let me = shared.me();
+        if hello.node == me.node && hello.incarnation == me.incarnation {
+            return Err(Status::already_exists("this is the node itself"));
+        }
+        if let Err((reason, msg)) = shared.check_hello(&hello) {
+            shared.metrics.refused(reason);
+            warn!(peer = %hello.node, %msg, "refused a peer");
+            return Err(match reason {
+                "auth" => Status::unauthenticated(msg),
+                _ => Status::failed_precondition(msg),
+            });
+        }
+        shared.learn(&hello.advertise_addr, &self.stop);
+        let (tx, rx) = mpsc::channel(64);
+        tx.send(Ok(frame(Kind::Hello(shared.hello()))))
+            .await
+            .map_err(|_| Status::cancelled("stream closed"))?;
+        tokio::spawn(receive(
+            shared.clone(),
+            hello.node,
+            inbound,
+            tx,
+            self.stop.clone(),
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Merge what one peer sends, until its stream ends or misbehaves.
+async fn receive(
+    shared: Arc<Shared>,
+    node: String,
+    mut inbound: Streaming<Frame>,
+    tx: mpsc::Sender<Result<Frame, Status>>,
+    stop: CancellationToken,
+) {
+    let frames = shared
+        .metrics
+        .peer_counter("tollgate_replication_frames_received_total", &node);
+    let bytes = shared
+        .metrics
+        .peer_counter("tollgate_replication_bytes_received_total", &node);
+    let keys_in = shared
+        .metrics
+        .peer_counter("tollgate_replication_keys_received_total", &node);
+    loop {
+        // Ending this task on stop ends the response stream, which lets the peer server's
+        // graceful shutdown finish and free the port.
+        let next = tokio::select! {
+            _ = stop.cancelled() => return,
+            m = inbound.message() => m,
+        };
+        let f = match next {
+            Ok(Some(f)) => f,
+            Ok(None) => return,
+            Err(s) => {
+                debug!(peer = %node, status = %s, "peer stream ended");
+                return;
+            }
+        };
+        frames.increment(1);
+        bytes.increment(prost::Message::encoded_len(&f) as u64);
+        let reply = match f.kind {
+            Some(Kind::Delta(d)) => {
+                if shared.quarantined.lock().contains(&node) {
+                    shared.metrics.refused("quarantined");
+                    let _ = tx
+                        .send(Err(Status::failed_precondition(format!(
+                            "node {node} is quarantined: its clock is too far from this node's"
+                        ))))
+                        .await;
+                    return;
+                }
+                let decoded = match decode_delta(&d, &shared.replicas) {
+                    Ok(k) => k,
+                    Err(e) => {
+                        close_malformed(&shared, &node, &tx, e).await;
+                        return;
+                    }
+                };
+                keys_in.increment(decoded.len() as u64);
+                let now = shared.now();
+                let mut suppress = Vec::new();
+                for (key, limit, state) in &decoded {
+                    if let Merged::Applied {
+                        changed,
+                        sender_is_current,
+                        version,
+                    } = shared.store.merge(*key, *limit, state, now)
+                    {
+                        if changed {
+                            shared.metrics.merges.increment(1);
+                            if sender_is_current {
+                                suppress.push((*key, version));
+                            }
+                        }
+                    }
+                }
+                if !suppress.is_empty() {
+                    let mut s = shared.suppress.lock();
+                    for (k, v) in suppress {
+                        s.insert(k, (node.clone(), v));
+                    }
+                }
+                Kind::Ack(Ack { seq: d.seq })
+            }
+            Some(Kind::SnapshotEnd(e)) => {
+                shared.snapshots_from.lock().insert(node.clone());
+                Kind::Ack(Ack { seq: e.seq })
+            }
+            Some(Kind::Ping(p)) => Kind::Pong(Pong {
+                wall_ns: shared.now(),
+                echo_wall_ns: p.wall_ns,
+            }),
+            Some(other) => {
+                close_malformed(
+                    &shared,
+                    &node,
+                    &tx,
+                    FrameError::Unexpected(kind_name(&other)),
+                )
+                .await;
+                return;
+            }
+            None => {
+                close_malformed(&shared, &node, &tx, FrameError::Empty).await;
+                return;
+            }
+        };
+        if tx.send(Ok(frame(reply))).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn close_malformed(
+    shared: &Shared,
+    node: &str,
+    tx: &mpsc::Sender<Result<Frame, Status>>,
+    e: FrameError,
+) {
+    shared.metrics.refused("malformed");
+    warn!(peer = %node, error = %e, "malformed frame: closing this peer stream");
+    let _ = tx
+        .send(Err(Status::invalid_argument(format!(
+            "malformed frame: {e}"
+        ))))
+        .await;
+}

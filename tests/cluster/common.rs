@@ -1,0 +1,218 @@
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+use envoy_types::pb::google::protobuf::UInt64Value;
+use tempfile::TempDir;
+use tollgate::clock::ManualClock;
+use tollgate::server::{self, Running};
+use tollgate::settings::Settings;
+use tonic::transport::Channel;
+
+pub type View = (u32, i128, i128, Vec<(String, u64, u64, u64)>);
+
+pub const T0: i64 = 1_700_000_000_000_000_000;
+
+pub const CONFIG: &str =
+    "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: hour, requests_per_unit: 100}\n";
+
+/// A free port below Linux's ephemeral range (32768-60999), so that servers binding port 0
+/// in parallel tests can never take it between this check and its use.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        20_000 + (std::process::id() % 10_000) as u16,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    loop {
+        let p = NEXT.fetch_add(1, Ordering::SeqCst);
+        if p >= 32_000 {
+            NEXT.store(20_000, Ordering::SeqCst);
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+}
+
+pub struct Node {
+    pub name: String,
+    pub server: Running,
+    pub clock: ManualClock,
+    pub client: RateLimitServiceClient<Channel>,
+}
+
+impl Node {
+    pub async fn start(
+        name: &str,
+        config_dir: &std::path::Path,
+        peer_port: u16,
+        peers: &[u16],
+        clock: ManualClock,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> Node {
+        let mut settings = Settings {
+            config: Some(config_dir.to_path_buf()),
+            grpc_addr: "127.0.0.1:0".parse().expect("addr"),
+            http_addr: "127.0.0.1:0".parse().expect("addr"),
+            peer_addr: format!("127.0.0.1:{peer_port}").parse().expect("addr"),
+            peers: peers.iter().map(|p| format!("127.0.0.1:{p}")).collect(),
+            node_id: name.to_string(),
+            sync_interval: Duration::from_millis(10),
+            sync_timeout: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(5),
+            ..Settings::default()
+        };
+        tweak(&mut settings);
+        let server = server::start_with_clock(settings, Arc::new(clock.clone()))
+            .await
+            .expect("node starts");
+        let client = RateLimitServiceClient::connect(format!("http://{}", server.grpc_addr))
+            .await
+            .expect("connects");
+        Node {
+            name: name.to_string(),
+            server,
+            clock,
+            client,
+        }
+    }
+
+    pub fn ready(&self) -> bool {
+        self.server.readiness.ready()
+    }
+
+    /// Take `hits` from key `value`; returns remaining tokens (None when refused).
+    pub async fn take(&mut self, value: &str, hits: u64) -> Option<u32> {
+        let r = self
+            .client
+            .should_rate_limit(req(value, hits))
+            .await
+            .expect("answered")
+            .into_inner();
+        (r.overall_code == 1).then(|| r.statuses[0].limit_remaining)
+    }
+
+    /// Remaining tokens of key `value`, without taking any.
+    pub async fn remaining(&mut self, value: &str) -> u32 {
+        self.client
+            .should_rate_limit(req(value, 0))
+            .await
+            .expect("answered")
+            .into_inner()
+            .statuses[0]
+            .limit_remaining
+    }
+
+    /// Every key's state with its slots named by replica (node, incarnation): replica ids
+    /// are local to each node, so this is what two nodes can compare.
+    pub fn view(&self) -> BTreeMap<u128, View> {
+        let mut out = BTreeMap::new();
+        self.server.limiter.store().for_each(|k, _, s| {
+            let mut slots: Vec<_> = s
+                .slots()
+                .iter()
+                .map(|x| {
+                    let r = self.server.replicas.get(x.replica).expect("known replica");
+                    (r.node, r.incarnation, x.consumed, x.requested)
+                })
+                .collect();
+            slots.sort();
+            out.insert(k.0, (s.gen(), s.base(), s.forgiven(), slots));
+        });
+        out
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.server.http_addr))
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("body")
+    }
+}
+
+pub fn req(value: &str, hits: u64) -> RateLimitRequest {
+    RateLimitRequest {
+        domain: "d".into(),
+        descriptors: vec![RateLimitDescriptor {
+            entries: vec![Entry {
+                key: "k".into(),
+                value: value.into(),
+            }],
+            hits_addend: Some(UInt64Value { value: hits }),
+            ..Default::default()
+        }],
+        hits_addend: 0,
+    }
+}
+
+pub struct Cluster {
+    pub dir: TempDir,
+    pub ports: Vec<u16>,
+    pub nodes: Vec<Node>,
+}
+
+impl Cluster {
+    /// `n` nodes, each listing every peer port, all on clocks at T0.
+    pub async fn start(n: usize) -> Cluster {
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::write(dir.path().join("c.yaml"), CONFIG).expect("config");
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let mut nodes = Vec::new();
+        for (i, p) in ports.iter().enumerate() {
+            nodes.push(
+                Node::start(
+                    &format!("n{i}"),
+                    dir.path(),
+                    *p,
+                    &ports,
+                    ManualClock::new(T0),
+                    |_| {},
+                )
+                .await,
+            );
+        }
+        let c = Cluster { dir, ports, nodes };
+        eventually("every node ready", async || c.nodes.iter().all(Node::ready)).await;
+        c
+    }
+
+    /// Wait until every node holds the same state for every key.
+    pub async fn converged(&self) {
+        eventually("states converge", async || {
+            let first = self.nodes[0].view();
+            !first.is_empty() && self.nodes.iter().all(|n| n.view() == first)
+        })
+        .await;
+    }
+}
+
+/// Poll until `f` holds, for at most 10 s.
+pub async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+pub fn series(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}

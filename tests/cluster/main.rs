@@ -1,0 +1,9 @@
+//! Cluster tests: several tollgate nodes replicating over loopback. In-process nodes have their
+//! own manual clocks (deterministic time, clock skew on demand); the `processes` module runs the
+//! real binary for what only processes can show (kill -9, accuracy under real load).
+
+mod common;
+mod membership;
+mod processes;
+mod restart;
+mod sync;
