@@ -321,87 +321,58 @@ impl Limiter {
                     requests_per_unit: o.requests_per_unit,
                     unit: unit.to_proto(),
                 };
-                match Limit::new(o.requests_per_unit, o.requests_per_unit, unit) {
-                    None => Plan::Blocked {
-                        current,
-                        stats,
-                        hits,
-                    },
-                    Some(limit) => {
-                        let mut k = KeyBuilder::new(&req.domain);
-                        k.str("\0override")
-                            .u64(o.requests_per_unit as u64)
-                            .u64(unit.nanos());
-                        push_entries(&mut k, d);
-                        charges.push(Charge {
-                            key: k.finish(),
-                            limit,
-                            hits,
-                            enforce: true,
-                        });
-                        Plan::Bucket {
-                            charge: charges.len() - 1,
-                            current,
-                            stats,
-                            detailed: None,
-                            shadow: false,
-                        }
-                    }
-                }
+                let limit = Limit::new(o.requests_per_unit, o.requests_per_unit, unit);
+                let key = || {
+                    let mut k = KeyBuilder::new(&req.domain);
+                    k.str("\0override")
+                        .u64(o.requests_per_unit as u64)
+                        .u64(unit.nanos());
+                    push_entries(&mut k, d);
+                    k.finish()
+                };
+                bucket_plan(&mut charges, current, limit, key, hits, stats, None, false)
             } else {
                 match rule {
                     None => Plan::NoLimit,
                     Some(r) if r.name.as_deref().is_some_and(|n| replaced.contains(n)) => {
                         Plan::NoLimit
                     }
-                    Some(r) => match r.limit {
-                        RuleLimit::Unlimited => Plan::Unlimited,
-                        RuleLimit::Limited {
-                            requests_per_unit,
-                            unit,
-                            burst,
-                        } => {
-                            let Some(stats) = active.stats.get(&r.id) else {
-                                // Built from the same config: every rule has stats.
-                                plans.push(Plan::NoLimit);
-                                continue;
-                            };
+                    Some(r) => match (r.limit, active.stats.get(&r.id)) {
+                        (RuleLimit::Unlimited, _) => Plan::Unlimited,
+                        // Built from the same config, every rule has stats; stay safe anyway.
+                        (_, None) => Plan::NoLimit,
+                        (
+                            RuleLimit::Limited {
+                                requests_per_unit,
+                                unit,
+                                ..
+                            },
+                            Some(stats),
+                        ) => {
                             let current = RateLimit {
                                 name: r.name.clone().unwrap_or_default(),
                                 requests_per_unit,
                                 unit: unit.to_proto(),
                             };
-                            match Limit::new(
-                                burst.unwrap_or(requests_per_unit),
-                                requests_per_unit,
-                                unit,
-                            ) {
-                                None => Plan::Blocked {
-                                    current,
-                                    stats,
-                                    hits,
-                                },
-                                Some(limit) => {
-                                    let mut k = KeyBuilder::new(&req.domain);
-                                    k.u64(r.id);
-                                    if !r.share_threshold {
-                                        push_entries(&mut k, d);
-                                    }
-                                    charges.push(Charge {
-                                        key: k.finish(),
-                                        limit,
-                                        hits,
-                                        enforce: !r.shadow_mode,
-                                    });
-                                    Plan::Bucket {
-                                        charge: charges.len() - 1,
-                                        current,
-                                        stats,
-                                        detailed: r.detailed_metric.then(|| detailed_label(d)),
-                                        shadow: r.shadow_mode,
-                                    }
+                            let key = || {
+                                let mut k = KeyBuilder::new(&req.domain);
+                                k.u64(r.id);
+                                if !r.share_threshold {
+                                    push_entries(&mut k, d);
                                 }
-                            }
+                                k.finish()
+                            };
+                            let detailed = r.detailed_metric.then(|| detailed_label(d));
+                            bucket_plan(
+                                &mut charges,
+                                current,
+                                rule_bucket(r),
+                                key,
+                                hits,
+                                stats,
+                                detailed,
+                                r.shadow_mode,
+                            )
                         }
                     },
                 }
@@ -550,6 +521,40 @@ impl Limiter {
         }
         active.unknown_overrides.refresh(now);
         self.metrics.live_keys.set(self.store.live_keys() as f64);
+    }
+}
+
+/// A descriptor with a limit: a bucket to charge, or a block when the limit admits nothing.
+#[allow(clippy::too_many_arguments)]
+fn bucket_plan<'a>(
+    charges: &mut SmallVec<[Charge; 4]>,
+    current: RateLimit,
+    limit: Option<Limit>,
+    key: impl FnOnce() -> crate::store::KeyId,
+    hits: u64,
+    stats: &'a Arc<RuleStats>,
+    detailed: Option<Label>,
+    shadow: bool,
+) -> Plan<'a> {
+    let Some(limit) = limit else {
+        return Plan::Blocked {
+            current,
+            stats,
+            hits,
+        };
+    };
+    charges.push(Charge {
+        key: key(),
+        limit,
+        hits,
+        enforce: !shadow,
+    });
+    Plan::Bucket {
+        charge: charges.len() - 1,
+        current,
+        stats,
+        detailed,
+        shadow,
     }
 }
 
