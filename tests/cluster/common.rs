@@ -1,5 +1,5 @@
+pub use crate::ports::free_port;
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,29 +20,6 @@ pub const T0: i64 = 1_700_000_000_000_000_000;
 
 pub const CONFIG: &str =
     "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: hour, requests_per_unit: 100}\n";
-
-/// A free port below Linux's ephemeral range (32768-60999), so that servers binding port 0
-/// in parallel tests can never take it between this check and its use.
-pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let _ = NEXT.compare_exchange(
-        0,
-        20_000 + (std::process::id() % 10_000) as u16,
-        Ordering::SeqCst,
-        Ordering::SeqCst,
-    );
-    loop {
-        let p = NEXT.fetch_add(1, Ordering::SeqCst);
-        if p >= 32_000 {
-            NEXT.store(20_000, Ordering::SeqCst);
-            continue;
-        }
-        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
-            return p;
-        }
-    }
-}
 
 pub struct Node {
     pub name: String,

@@ -4,6 +4,8 @@
 
 mod common;
 mod membership;
+#[path = "../support/ports.rs"]
+mod ports;
 mod processes;
 mod restart;
 mod sync;

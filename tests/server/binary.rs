@@ -1,19 +1,11 @@
 //! The `tollgate` executable itself: subcommands, flags, environment, signals.
 
+use crate::ports::free_port;
 use std::io::Read;
-use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
 
 #[test]
 fn check_config_accepts_a_valid_file() {

@@ -7,4 +7,6 @@ mod decisions;
 mod errors;
 mod http;
 mod metrics;
+#[path = "../support/ports.rs"]
+mod ports;
 mod reload;
