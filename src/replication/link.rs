@@ -83,16 +83,12 @@ impl Link {
         }
     }
 
-    /// The peer's node name, once connected.
-    pub fn peer_node(&self) -> Option<String> {
+    /// The peer's node name while connected.
+    pub fn connected_node(&self) -> Option<String> {
         match &*self.status.lock() {
             Status::Connected { node } => Some(node.clone()),
             _ => None,
         }
-    }
-
-    pub fn connected_node(&self) -> Option<String> {
-        self.peer_node()
     }
 
     /// Tried at least once (connected, or known unreachable/refused/self).

@@ -10,7 +10,6 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::link::{self, Link};
 use super::Shared;
 
 const RESOLVE_INTERVAL: Duration = Duration::from_secs(5);
@@ -45,20 +44,8 @@ pub(crate) async fn update(shared: &Arc<Shared>, stop: &CancellationToken) {
         keep
     });
     for addr in want {
-        if links.contains_key(&addr) {
-            continue;
-        }
-        let l = Arc::new(Link::new(shared, addr.clone(), stop.child_token()));
-        links.insert(addr, l.clone());
-        tokio::spawn(link::run(shared.clone(), l));
+        shared.add_link(&mut links, &addr, stop);
     }
-    let peers = links.values().filter(|l| !l.is_myself()).count();
-    let connected = links
-        .values()
-        .filter(|l| l.connected_node().is_some())
-        .count();
-    shared.metrics.peers.set(peers as f64);
-    shared.metrics.connected.set(connected as f64);
 }
 
 pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {

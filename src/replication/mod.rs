@@ -214,7 +214,7 @@ impl Shared {
             .collect();
         let links: Vec<Arc<Link>> = self.links.lock().values().cloned().collect();
         for link in links {
-            let node = link.peer_node();
+            let node = link.connected_node();
             let mut dirty = link.dirty.lock();
             for (k, skip) in buf.iter().zip(&skip) {
                 if skip.is_some() && skip.as_deref() == node.as_deref() {
@@ -282,14 +282,25 @@ impl Shared {
         if addr.is_empty() || addr == self.settings.advertise_addr {
             return;
         }
-        let mut links = self.links.lock();
-        if links.contains_key(addr) {
-            return;
+        if self.add_link(&mut self.links.lock(), addr, stop) {
+            info!(%addr, "learned a new peer");
         }
-        info!(%addr, "learned a new peer");
+    }
+
+    /// Start dialing `addr` unless a link to it exists; returns whether one was added.
+    pub fn add_link(
+        self: &Arc<Self>,
+        links: &mut HashMap<String, Arc<Link>>,
+        addr: &str,
+        stop: &CancellationToken,
+    ) -> bool {
+        if links.contains_key(addr) {
+            return false;
+        }
         let l = Arc::new(Link::new(self, addr.to_string(), stop.child_token()));
         links.insert(addr.to_string(), l.clone());
         tokio::spawn(link::run(self.clone(), l));
+        true
     }
 }
 
