@@ -67,6 +67,24 @@ impl Harness {
     pub fn http(&self, path: &str) -> String {
         format!("http://{}{}", self.server.http_addr, path)
     }
+
+    /// The body of a GET on the HTTP port.
+    pub async fn get_text(&self, path: &str) -> String {
+        reqwest::get(self.http(path))
+            .await
+            .expect("answered")
+            .text()
+            .await
+            .expect("body")
+    }
+
+    /// Tokens left for one descriptor, read with a query (hits 0) that consumes nothing.
+    pub async fn remaining(&mut self, domain: &str, entries: &[(&str, &str)]) -> u32 {
+        self.ask(request(domain, vec![with_hits(desc(entries), 0)]))
+            .await
+            .statuses[0]
+            .limit_remaining
+    }
 }
 
 pub fn write(dir: &Path, name: &str, contents: &str) {

@@ -81,12 +81,7 @@ async fn grpc_health_reports_serving_overall_and_for_the_rls() {
 #[tokio::test]
 async fn rlconfig_shows_the_loaded_rules() {
     let h = Harness::start(CONFIG).await;
-    let text = reqwest::get(h.http("/rlconfig"))
-        .await
-        .expect("answered")
-        .text()
-        .await
-        .expect("body");
+    let text = h.get_text("/rlconfig").await;
     assert!(text.contains("d.k:"), "{text}");
     assert!(text.contains("requests_per_unit=2"), "{text}");
 }

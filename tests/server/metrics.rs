@@ -20,12 +20,7 @@ async fn thirty_requests_on_ten_per_minute_read_true_at_scrape_time() {
         h.ask(request("d", vec![desc(&[("user", "u1")])])).await;
         h.clock.advance(Duration::from_millis(100));
     }
-    let text = reqwest::get(h.http("/metrics"))
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("body");
+    let text = h.get_text("/metrics").await;
     let l = "{domain=\"d\",limit=\"user\"}";
     assert_eq!(value(&text, &format!("token_bucket_capacity{l}")), 10.0);
     assert!((value(&text, &format!("token_bucket_fill_rate{l}")) - 10.0 / 60.0).abs() < 1e-9);
@@ -53,12 +48,7 @@ async fn thirty_requests_on_ten_per_minute_read_true_at_scrape_time() {
 
     // A minute later the bucket is full again: no usage, no delay.
     h.clock.advance(Duration::from_secs(60));
-    let text = reqwest::get(h.http("/metrics"))
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("body");
+    let text = h.get_text("/metrics").await;
     assert_eq!(value(&text, &format!("token_bucket_current_usage{l}")), 0.0);
     assert_eq!(value(&text, &format!("token_bucket_refill_delay{l}")), 0.0);
 }
@@ -69,12 +59,7 @@ async fn near_limit_counts_admitted_hits_past_the_ratio() {
     for _ in 0..10 {
         h.ask(request("d", vec![desc(&[("user", "u1")])])).await;
     }
-    let text = reqwest::get(h.http("/metrics"))
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("body");
+    let text = h.get_text("/metrics").await;
     // Hits 8, 9 and 10 leave 80 %, 90 % and 100 % of the bucket in use.
     assert_eq!(
         value(

@@ -3,22 +3,6 @@ use crate::common::*;
 const V1: &str = "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: hour, requests_per_unit: 5}\n  - key: b\n    rate_limit: {unit: hour, requests_per_unit: 5}\n";
 const V2: &str = "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: hour, requests_per_unit: 5}\n  - key: b\n    rate_limit: {unit: hour, requests_per_unit: 50}\n";
 
-async fn remaining(h: &mut Harness, key: &str) -> u32 {
-    let r = h
-        .ask(request("d", vec![with_hits(desc(&[(key, "x")]), 0)]))
-        .await;
-    r.statuses[0].limit_remaining
-}
-
-async fn rlconfig(h: &Harness) -> String {
-    reqwest::get(h.http("/rlconfig"))
-        .await
-        .expect("answered")
-        .text()
-        .await
-        .expect("body")
-}
-
 #[tokio::test]
 async fn a_valid_change_is_swapped_in_and_unchanged_rules_keep_their_buckets() {
     let mut h = Harness::start(V1).await;
@@ -28,16 +12,18 @@ async fn a_valid_change_is_swapped_in_and_unchanged_rules_keep_their_buckets() {
         .await;
     write(h.dir.path(), "config.yaml", V2);
     eventually("the new config is served", async || {
-        rlconfig(&h).await.contains("requests_per_unit=50")
+        h.get_text("/rlconfig")
+            .await
+            .contains("requests_per_unit=50")
     })
     .await;
     assert_eq!(
-        remaining(&mut h, "a").await,
+        h.remaining("d", &[("a", "x")]).await,
         2,
         "unchanged rule keeps its state"
     );
     assert_eq!(
-        remaining(&mut h, "b").await,
+        h.remaining("d", &[("b", "x")]).await,
         50,
         "changed rule starts fresh"
     );
@@ -48,18 +34,13 @@ async fn an_invalid_change_is_refused_counted_and_the_old_config_keeps_serving()
     let mut h = Harness::start(V1).await;
     write(h.dir.path(), "config.yaml", "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: fortnight, requests_per_unit: 1}\n");
     eventually("the failed load is counted", async || {
-        let m = reqwest::get(h.http("/metrics"))
-            .await
-            .expect("scrape")
-            .text()
-            .await
-            .expect("body");
+        let m = h.get_text("/metrics").await;
         m.contains("tollgate_config_loads_total{result=\"failed\"} 1")
     })
     .await;
-    assert_eq!(remaining(&mut h, "a").await, 5);
+    assert_eq!(h.remaining("d", &[("a", "x")]).await, 5);
     assert!(
-        rlconfig(&h).await.contains("d.a:"),
+        h.get_text("/rlconfig").await.contains("d.a:"),
         "old config still served"
     );
 }
@@ -74,14 +55,19 @@ async fn a_configmap_style_symlink_swap_is_picked_up() {
     std::fs::write(dir.join("..v1/config.yaml"), V1).expect("write");
     std::os::unix::fs::symlink("..v1", dir.join("..data")).expect("link");
     std::os::unix::fs::symlink("..data/config.yaml", dir.join("config.yaml")).expect("link");
-    eventually("v1 is served", async || rlconfig(&h).await.contains("d.a:")).await;
+    eventually("v1 is served", async || {
+        h.get_text("/rlconfig").await.contains("d.a:")
+    })
+    .await;
     std::fs::create_dir(dir.join("..v2")).expect("mkdir");
     std::fs::write(dir.join("..v2/config.yaml"), V2).expect("write");
     std::os::unix::fs::symlink("..v2", dir.join("..data_tmp")).expect("link");
     std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).expect("atomic swap");
     eventually("v2 is served", async || {
-        rlconfig(&h).await.contains("requests_per_unit=50")
+        h.get_text("/rlconfig")
+            .await
+            .contains("requests_per_unit=50")
     })
     .await;
-    assert_eq!(remaining(&mut h, "b").await, 50);
+    assert_eq!(h.remaining("d", &[("b", "x")]).await, 50);
 }
