@@ -20,6 +20,7 @@ use crate::limiter::{Limiter, RequestBounds};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::reload::Reloader;
+use crate::replication::tls::{PeerTls, PeerTlsFiles};
 use crate::replication::{Replica, ReplicaTable, ReplicationSettings, Replicator};
 use crate::rls::{self, RateLimitServiceServer, RlsService};
 use crate::settings::Settings;
@@ -270,6 +271,22 @@ fn replication_settings(s: &Settings) -> anyhow::Result<ReplicationSettings> {
             Some(trimmed)
         }
     };
+    // Settings built in code skip Settings::validate: a partial set must not mean plaintext.
+    let tls = match (&s.peer_tls_cert, &s.peer_tls_key, &s.peer_tls_ca) {
+        (Some(cert), Some(key), Some(ca)) => {
+            let files = PeerTlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+            };
+            Some(Arc::new(PeerTls::load(
+                &files,
+                s.peer_tls_server_name.as_deref(),
+            )?))
+        }
+        (None, None, None) => None,
+        _ => anyhow::bail!("--peer-tls-cert, --peer-tls-key and --peer-tls-ca go together"),
+    };
     Ok(ReplicationSettings {
         node_id: s.node_id.clone(),
         incarnation: rand::random(),
@@ -281,11 +298,15 @@ fn replication_settings(s: &Settings) -> anyhow::Result<ReplicationSettings> {
         sync_timeout: s.sync_timeout,
         max_frame_bytes: 1 << 20,
         max_clock_offset: s.max_clock_offset,
+        peer_timeout: s.peer_timeout,
+        burst_guard: s.burst_guard,
+        faults: s.faults.clone(),
         advertise_addr: if s.peer_addr.ip().is_unspecified() {
             String::new()
         } else {
             s.peer_addr.to_string()
         },
+        tls,
     })
 }
 

@@ -119,6 +119,27 @@ pub struct ServeArgs {
     /// Peers whose clock is further off are quarantined [default: 100ms]
     #[arg(long, env = "TOLLGATE_MAX_CLOCK_OFFSET", value_name = "DURATION")]
     pub max_clock_offset: Option<String>,
+    /// A peer not heard from for this long is treated as partitioned away: every limit is then
+    /// split into fair shares until it is back [default: 500ms]
+    #[arg(long, env = "TOLLGATE_PEER_TIMEOUT", value_name = "DURATION")]
+    pub peer_timeout: Option<String>,
+    /// Hold back own consumption peers have not acknowledged, so a synchronized burst cannot
+    /// spend a bucket once per node [default: true]
+    #[arg(long, env = "TOLLGATE_BURST_GUARD", value_name = "BOOL")]
+    pub burst_guard: Option<bool>,
+    /// This node's certificate (PEM chain) for mutual TLS on the peer stream; with
+    /// --peer-tls-key and --peer-tls-ca
+    #[arg(long, env = "TOLLGATE_PEER_TLS_CERT", value_name = "PATH")]
+    pub peer_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --peer-tls-cert
+    #[arg(long, env = "TOLLGATE_PEER_TLS_KEY", value_name = "PATH")]
+    pub peer_tls_key: Option<PathBuf>,
+    /// CA certificate(s) (PEM) that must sign every peer's certificate
+    #[arg(long, env = "TOLLGATE_PEER_TLS_CA", value_name = "PATH")]
+    pub peer_tls_ca: Option<PathBuf>,
+    /// Name peers' certificates must be valid for [default: the host of the address dialed]
+    #[arg(long, env = "TOLLGATE_PEER_TLS_SERVER_NAME", value_name = "NAME")]
+    pub peer_tls_server_name: Option<String>,
 }
 
 /// The resolved settings of `tollgate serve`.
@@ -154,6 +175,16 @@ pub struct Settings {
     pub cluster_secret_file: Option<PathBuf>,
     #[serde(deserialize_with = "de_duration")]
     pub max_clock_offset: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub peer_timeout: Duration,
+    pub burst_guard: bool,
+    /// Injected network faults for in-process cluster tests; never set from flags or files.
+    #[serde(skip)]
+    pub faults: Option<std::sync::Arc<crate::replication::faults::Faults>>,
+    pub peer_tls_cert: Option<PathBuf>,
+    pub peer_tls_key: Option<PathBuf>,
+    pub peer_tls_ca: Option<PathBuf>,
+    pub peer_tls_server_name: Option<String>,
 }
 
 impl Default for Settings {
@@ -181,6 +212,13 @@ impl Default for Settings {
             cluster_id: "tollgate".into(),
             cluster_secret_file: None,
             max_clock_offset: Duration::from_millis(100),
+            peer_timeout: Duration::from_millis(500),
+            burst_guard: true,
+            faults: None,
+            peer_tls_cert: None,
+            peer_tls_key: None,
+            peer_tls_ca: None,
+            peer_tls_server_name: None,
         }
     }
 }
@@ -225,7 +263,7 @@ impl ServeArgs {
         if let Some(path) = &self.settings {
             b = b.add_source(config::File::from(path.as_path()).required(true));
         }
-        let overrides: [(&str, Option<String>); 22] = [
+        let overrides: [(&str, Option<String>); 28] = [
             (
                 "config",
                 self.config.as_ref().map(|p| p.display().to_string()),
@@ -268,6 +306,12 @@ impl ServeArgs {
                     .map(|p| p.display().to_string()),
             ),
             ("max_clock_offset", self.max_clock_offset.clone()),
+            ("peer_timeout", self.peer_timeout.clone()),
+            ("burst_guard", self.burst_guard.map(|b| b.to_string())),
+            ("peer_tls_cert", path(&self.peer_tls_cert)),
+            ("peer_tls_key", path(&self.peer_tls_key)),
+            ("peer_tls_ca", path(&self.peer_tls_ca)),
+            ("peer_tls_server_name", self.peer_tls_server_name.clone()),
         ];
         for (key, value) in overrides {
             b = b.set_override_option(key, value)?;
@@ -276,6 +320,10 @@ impl ServeArgs {
         s.validate()?;
         Ok(s)
     }
+}
+
+fn path(p: &Option<PathBuf>) -> Option<String> {
+    p.as_ref().map(|p| p.display().to_string())
 }
 
 impl Settings {
@@ -291,6 +339,13 @@ impl Settings {
         }
         if self.sync_interval.is_zero() {
             return Err(SettingsError::Invalid("sync_interval must be > 0".into()));
+        }
+        if self.peer_timeout < self.sync_interval * 2 {
+            return Err(SettingsError::Invalid(format!(
+                "peer_timeout ({:?}) must be at least twice sync_interval ({:?}): a peer is \
+                 heard from about once per sync interval",
+                self.peer_timeout, self.sync_interval
+            )));
         }
         if self.node_id.is_empty() {
             return Err(SettingsError::Invalid("node_id must not be empty".into()));
@@ -320,6 +375,35 @@ impl Settings {
             return Err(SettingsError::Invalid(
                 "max_descriptors, max_entries and max_bytes must be > 0".into(),
             ));
+        }
+        self.validate_peer_tls()
+    }
+
+    /// mTLS needs all three files: with only some of them a node would either not start TLS
+    /// at all (silently plaintext) or fail every handshake, so a partial set is refused.
+    fn validate_peer_tls(&self) -> Result<(), SettingsError> {
+        let files = [
+            ("--peer-tls-cert", self.peer_tls_cert.is_some()),
+            ("--peer-tls-key", self.peer_tls_key.is_some()),
+            ("--peer-tls-ca", self.peer_tls_ca.is_some()),
+        ];
+        let missing: Vec<&str> = files.iter().filter(|f| !f.1).map(|f| f.0).collect();
+        if missing.len() == files.len() {
+            if self.peer_tls_server_name.is_some() {
+                return Err(SettingsError::Invalid(
+                    "--peer-tls-server-name needs --peer-tls-cert, --peer-tls-key and \
+                     --peer-tls-ca"
+                        .into(),
+                ));
+            }
+            return Ok(());
+        }
+        if !missing.is_empty() {
+            return Err(SettingsError::Invalid(format!(
+                "peer TLS needs --peer-tls-cert, --peer-tls-key and --peer-tls-ca together: \
+                 {} missing",
+                missing.join(" and ")
+            )));
         }
         Ok(())
     }
@@ -427,6 +511,53 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("NAME:PORT"), "{err}");
+    }
+
+    #[test]
+    fn peer_tls_without_one_of_its_three_files_names_the_missing_one() {
+        let err = args(&["--peer-tls-cert", "c.pem", "--peer-tls-ca", "ca.pem"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--peer-tls-key missing"), "{err}");
+        let err = args(&["--peer-tls-key", "k.pem"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--peer-tls-cert and --peer-tls-ca missing"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn peer_tls_server_name_alone_is_refused() {
+        let err = args(&["--peer-tls-server-name", "peers.local"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--peer-tls-server-name needs"), "{err}");
+    }
+
+    #[test]
+    fn peer_tls_files_come_from_the_settings_file_too() {
+        let mut f = tempfile::Builder::new()
+            .suffix(".toml")
+            .tempfile()
+            .expect("tmp");
+        writeln!(
+            f,
+            "peer_tls_cert = \"c.pem\"\npeer_tls_key = \"k.pem\"\npeer_tls_ca = \"ca.pem\""
+        )
+        .expect("write");
+        let path = f.path().display().to_string();
+        let s = args(&["--settings", &path, "--peer-tls-server-name", "peers.local"])
+            .resolve()
+            .expect("valid");
+        assert_eq!(s.peer_tls_cert, Some(PathBuf::from("c.pem")));
+        assert_eq!(s.peer_tls_key, Some(PathBuf::from("k.pem")));
+        assert_eq!(s.peer_tls_ca, Some(PathBuf::from("ca.pem")));
+        assert_eq!(s.peer_tls_server_name.as_deref(), Some("peers.local"));
     }
 
     #[test]

@@ -354,9 +354,17 @@ def test_mtls_secret_is_mounted_and_passed_to_the_peer_flags():
     assert flag(c["args"], "peer-tls-cert") == "/etc/tollgate/peer-tls/tls.crt"
     assert flag(c["args"], "peer-tls-key") == "/etc/tollgate/peer-tls/tls.key"
     assert flag(c["args"], "peer-tls-ca") == "/etc/tollgate/peer-tls/ca.crt"
+    # Peers are dialed at pod IPs: the certificate is checked against the peer Service's name.
+    assert flag(c["args"], "peer-tls-server-name") == f"{PEER_SERVICE}.{NAMESPACE}.svc.cluster.local"
     volumes = {v["name"]: v for v in only(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]}
     assert volumes["peer-tls"]["secret"]["secretName"] == "tollgate-peer-tls"
     assert {"name": "peer-tls", "mountPath": "/etc/tollgate/peer-tls", "readOnly": True} in c["volumeMounts"]
+
+
+def test_mtls_server_name_can_be_set_and_is_absent_without_tls():
+    named = render(merged(ALL_ON, {"replication": {"tls": {"serverName": "peers.example.internal"}}}))
+    assert flag(container(named)["args"], "peer-tls-server-name") == "peers.example.internal"
+    assert not [a for a in container(render({}))["args"] if a.startswith("--peer-tls")]
 
 
 def test_chart_made_cluster_secret_is_mounted_and_rolls_the_pods_when_changed():

@@ -78,6 +78,53 @@ fn a_bad_flag_is_refused_with_a_usage_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--grpc-addr"));
 }
 
+#[test]
+fn serve_refuses_part_of_the_peer_tls_flags_naming_the_missing_one() {
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--peer-tls-cert",
+            "node.crt",
+            "--peer-tls-key",
+            "node.key",
+        ])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--peer-tls-ca missing"), "{err}");
+}
+
+#[test]
+fn serve_refuses_to_start_with_an_unreadable_peer_tls_file() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cert = dir.path().join("node.crt");
+    std::fs::write(&cert, "not a certificate").expect("write");
+    let missing = dir.path().join("missing.key");
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--peer-tls-cert")
+        .arg(&cert)
+        .arg("--peer-tls-key")
+        .arg(&missing)
+        .arg("--peer-tls-ca")
+        .arg(&cert)
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot read --peer-tls-key") && err.contains("missing.key"),
+        "{err}"
+    );
+}
+
 fn get(port: u16, path: &str) -> Option<String> {
     use std::io::Write;
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;

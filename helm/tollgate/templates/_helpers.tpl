@@ -65,6 +65,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "%s.%s.svc.%s:%d" (include "tollgate.peerServiceName" .) .Release.Namespace .Values.clusterDomain (int .Values.ports.peer) }}
 {{- end }}
 
+{{/* --peer-tls-server-name: the name every pod's certificate is verified against. */}}
+{{- define "tollgate.peerTlsServerName" -}}
+{{- default (printf "%s.%s.svc.%s" (include "tollgate.peerServiceName" .) .Release.Namespace .Values.clusterDomain) .Values.replication.tls.serverName }}
+{{- end }}
+
 {{- define "tollgate.limitsConfigMapName" -}}
 {{- default (printf "%s-limits" (include "tollgate.fullname" .)) .Values.limits.existingConfigMap }}
 {{- end }}

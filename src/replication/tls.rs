@@ -1,0 +1,286 @@
+//! Mutual TLS on the peer stream: every node presents a certificate signed by the cluster's CA
+//! and accepts only peers that do, both when it dials and when it is dialed. A process without
+//! such a certificate is cut off at the handshake, before it can send a single frame; the
+//! cluster secret's HMAC on Hello is then a second, independent check.
+//!
+//! Everything is loaded and handed to rustls once, at startup: a missing file, a file with no
+//! PEM in it, a key that does not belong to the certificate or a CA rustls cannot use stops the
+//! server before it listens, with the flag and path to fix, instead of failing every handshake
+//! later.
+
+use std::error::Error as _;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig};
+
+/// A handshake not finished by then is dropped, so a peer that connects and stalls (or speaks
+/// plaintext to a TLS port) does not hold a connection open.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The PEM files behind `--peer-tls-cert`, `--peer-tls-key` and `--peer-tls-ca`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerTlsFiles {
+    /// This node's certificate chain (leaf first); used as server and as client certificate.
+    pub cert: PathBuf,
+    /// The private key of that certificate (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// The CA certificate(s) that sign every peer's certificate.
+    pub ca: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PeerTlsError {
+    #[error("cannot read {flag} {}: {source}", path.display())]
+    Read {
+        flag: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{flag} {}: {what}", path.display())]
+    Parse {
+        flag: &'static str,
+        path: PathBuf,
+        what: String,
+    },
+    #[error("--peer-tls-server-name '{0}' is neither a DNS name nor an IP address")]
+    ServerName(String),
+    /// rustls refused the files together, e.g. a key that is not the certificate's.
+    #[error(
+        "--peer-tls-cert {}, --peer-tls-key {} and --peer-tls-ca {} cannot be used: {reason}",
+        files.cert.display(), files.key.display(), files.ca.display()
+    )]
+    Unusable { files: PeerTlsFiles, reason: String },
+}
+
+/// This node's TLS identity and the CA its peers must be signed by, ready for both ends of the
+/// peer stream.
+pub struct PeerTls {
+    files: PeerTlsFiles,
+    server_name: Option<String>,
+    /// The peer server builder with the TLS acceptor already built (so it cannot fail later).
+    server: Server,
+    client: ClientTlsConfig,
+}
+
+/// Paths only: the private key must never end up in a log line.
+impl fmt::Debug for PeerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerTls")
+            .field("files", &self.files)
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PeerTls {
+    /// Read and check the three files. `server_name` is the name peers' certificates must be
+    /// valid for; without it, the host part of the address dialed (a DNS name or an IP).
+    pub fn load(files: &PeerTlsFiles, server_name: Option<&str>) -> Result<PeerTls, PeerTlsError> {
+        let cert = read("--peer-tls-cert", &files.cert)?;
+        let key = read("--peer-tls-key", &files.key)?;
+        let ca = read("--peer-tls-ca", &files.ca)?;
+        certificates("--peer-tls-cert", &files.cert, &cert)?;
+        PrivateKeyDer::from_pem_slice(&key).map_err(|e| PeerTlsError::Parse {
+            flag: "--peer-tls-key",
+            path: files.key.clone(),
+            what: format!("no PEM private key (PKCS#8, PKCS#1 or SEC1) in it: {e}"),
+        })?;
+        certificates("--peer-tls-ca", &files.ca, &ca)?;
+        if let Some(name) = server_name {
+            ServerName::try_from(name).map_err(|_| PeerTlsError::ServerName(name.to_string()))?;
+        }
+
+        let identity = Identity::from_pem(cert, key);
+        let ca = Certificate::from_pem(ca);
+        let unusable = |e: tonic::transport::Error| PeerTlsError::Unusable {
+            files: files.clone(),
+            reason: chain(&e),
+        };
+        // client_ca_root with client auth required: no certificate signed by the CA, no stream.
+        let server_tls = ServerTlsConfig::new()
+            .identity(identity.clone())
+            .client_ca_root(ca.clone())
+            .timeout(HANDSHAKE_TIMEOUT);
+        let server = Server::builder().tls_config(server_tls).map_err(unusable)?;
+        let mut client = ClientTlsConfig::new()
+            .identity(identity)
+            .ca_certificate(ca)
+            .timeout(HANDSHAKE_TIMEOUT);
+        if let Some(name) = server_name {
+            client = client.domain_name(name);
+        }
+        // Build a connector once now, so what rustls refuses on the client side fails here too.
+        Endpoint::from_static("https://peer.invalid")
+            .tls_config(client.clone())
+            .map_err(unusable)?;
+        Ok(PeerTls {
+            files: files.clone(),
+            server_name: server_name.map(str::to_string),
+            server,
+            client,
+        })
+    }
+}
+
+/// The builder of the peer server: with TLS when it is configured, plaintext otherwise.
+pub(crate) fn server_builder(tls: Option<&PeerTls>) -> Server {
+    match tls {
+        Some(t) => t.server.clone(),
+        None => Server::builder(),
+    }
+}
+
+/// The endpoint to dial a peer at `addr` (`host:port`): `https` with this node's certificate
+/// when TLS is configured, `http` otherwise.
+pub(crate) fn endpoint(
+    tls: Option<&PeerTls>,
+    addr: &str,
+) -> Result<Endpoint, tonic::transport::Error> {
+    match tls {
+        Some(t) => Endpoint::from_shared(format!("https://{addr}"))?.tls_config(t.client.clone()),
+        None => Endpoint::from_shared(format!("http://{addr}")),
+    }
+}
+
+fn read(flag: &'static str, path: &Path) -> Result<Vec<u8>, PeerTlsError> {
+    std::fs::read(path).map_err(|source| PeerTlsError::Read {
+        flag,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// At least one certificate, and every PEM certificate block well-formed.
+fn certificates(flag: &'static str, path: &Path, pem: &[u8]) -> Result<(), PeerTlsError> {
+    let parse = |what: String| PeerTlsError::Parse {
+        flag,
+        path: path.to_path_buf(),
+        what,
+    };
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| parse(format!("malformed PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(parse("no PEM certificate (BEGIN CERTIFICATE) in it".into()));
+    }
+    Ok(())
+}
+
+/// tonic's transport error says only "transport error": the reason is in its sources.
+fn chain(e: &tonic::transport::Error) -> String {
+    let mut reasons = Vec::new();
+    let mut source = e.source();
+    while let Some(s) = source {
+        reasons.push(s.to_string());
+        source = s.source();
+    }
+    if reasons.is_empty() {
+        e.to_string()
+    } else {
+        reasons.join(": ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+
+    /// A CA and a node certificate it signed, written to `dir` as ca.pem, cert.pem, key.pem.
+    fn write_pki(dir: &Path) -> PeerTlsFiles {
+        let mut ca = CertificateParams::new(Vec::new()).expect("params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        ca.distinguished_name.push(DnType::CommonName, "test CA");
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().expect("key")).expect("ca");
+        let key = KeyPair::generate().expect("key");
+        let cert = CertificateParams::new(vec!["localhost".to_string()])
+            .expect("params")
+            .signed_by(&key, &ca)
+            .expect("cert");
+        let files = PeerTlsFiles {
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            ca: dir.join("ca.pem"),
+        };
+        std::fs::write(&files.cert, cert.pem()).expect("write");
+        std::fs::write(&files.key, key.serialize_pem()).expect("write");
+        std::fs::write(&files.ca, ca.pem()).expect("write");
+        files
+    }
+
+    #[test]
+    fn a_ca_signed_identity_loads() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let files = write_pki(dir.path());
+        PeerTls::load(&files, None).expect("loads");
+        PeerTls::load(&files, Some("tollgate-peers.edge.svc.cluster.local")).expect("loads");
+    }
+
+    #[test]
+    fn a_missing_file_names_its_flag_and_path() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut files = write_pki(dir.path());
+        files.ca = dir.path().join("nope.pem");
+        let err = PeerTls::load(&files, None).unwrap_err().to_string();
+        assert!(err.starts_with("cannot read --peer-tls-ca"), "{err}");
+        assert!(err.contains("nope.pem"), "{err}");
+    }
+
+    #[test]
+    fn a_file_without_pem_names_its_flag_and_path() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let files = write_pki(dir.path());
+        std::fs::write(&files.cert, "not a certificate").expect("write");
+        let err = PeerTls::load(&files, None).unwrap_err().to_string();
+        assert!(err.starts_with("--peer-tls-cert"), "{err}");
+        assert!(
+            err.contains("cert.pem") && err.contains("no PEM certificate"),
+            "{err}"
+        );
+
+        let files = write_pki(dir.path());
+        std::fs::write(&files.key, "").expect("write");
+        let err = PeerTls::load(&files, None).unwrap_err().to_string();
+        assert!(err.starts_with("--peer-tls-key"), "{err}");
+        assert!(err.contains("key.pem"), "{err}");
+    }
+
+    #[test]
+    fn a_key_that_is_not_the_certificates_is_refused_at_load() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let files = write_pki(dir.path());
+        let other = KeyPair::generate().expect("key");
+        std::fs::write(&files.key, other.serialize_pem()).expect("write");
+        let err = PeerTls::load(&files, None).unwrap_err().to_string();
+        assert!(err.contains("cannot be used"), "{err}");
+        assert!(err.contains("key.pem"), "{err}");
+    }
+
+    #[test]
+    fn an_invalid_server_name_is_refused_at_load() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let files = write_pki(dir.path());
+        let err = PeerTls::load(&files, Some("not a name"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--peer-tls-server-name"), "{err}");
+    }
+
+    #[test]
+    fn debug_output_shows_paths_not_key_material() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let files = write_pki(dir.path());
+        let tls = PeerTls::load(&files, None).expect("loads");
+        let shown = format!("{tls:?}");
+        assert!(shown.contains("key.pem"), "{shown}");
+        assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+    }
+}
