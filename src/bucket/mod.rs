@@ -24,9 +24,11 @@
 //!
 //! See `shared/design/replicated-bucket.md` for the derivation and the over-admission bounds.
 
+mod fair;
 mod state;
 
-pub use state::{BucketState, Limit, Outcome, ReplicaId, Slot};
+pub use fair::FairShare;
+pub use state::{BucketState, Guard, Limit, Outcome, ReplicaId, Slot};
 
 /// Length of a `gen` slot: keys created within the same 30 s share a generation.
 pub const GEN_PERIOD_NS: i64 = 30_000_000_000;

@@ -48,22 +48,22 @@ impl Limit {
     }
 
     /// Wall nanoseconds to scaled time: exact, one token is `unit_ns` scaled units.
-    fn scaled(&self, t_ns: i64) -> i128 {
+    pub(super) fn scaled(&self, t_ns: i64) -> i128 {
         (t_ns as i128).saturating_mul(self.per_unit as i128)
     }
 
     /// Scaled duration of one token (`T_s`).
-    fn token(&self) -> i128 {
+    pub(super) fn token(&self) -> i128 {
         self.unit_ns() as i128
     }
 
     /// Scaled duration of `n` tokens.
-    fn tokens_span(&self, n: u64) -> i128 {
+    pub(super) fn tokens_span(&self, n: u64) -> i128 {
         self.token().saturating_mul(n as i128)
     }
 
     /// Scaled duration back to nanoseconds, rounded up (a reset is never announced early).
-    fn unscale_ceil(&self, d: i128) -> i128 {
+    pub(super) fn unscale_ceil(&self, d: i128) -> i128 {
         let r = self.per_unit as i128;
         d.saturating_add(r - 1) / r
     }
@@ -94,6 +94,27 @@ pub struct Outcome {
     pub reset_ns: u64,
     /// When the bucket is full again, in wall nanoseconds (for per-rule aggregates).
     pub full_at_ns: i64,
+}
+
+/// What the burst guard knows beyond the state itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Guard {
+    /// This node's own counts as of the last changes every live peer acknowledged.
+    pub acked_consumed: u64,
+    pub acked_requested: u64,
+    /// Members of the cluster, this node included.
+    pub members: u32,
+    /// The ack round trip `A`: tokens refilled over it (`ceil(r A) + 1`) may always be in flight.
+    pub round_trip_ns: u64,
+}
+
+impl Guard {
+    /// `q_min = ceil(r * A) + 1`.
+    pub fn min_window_tokens(&self, limit: &Limit) -> u64 {
+        let num = limit.per_unit() as u128 * self.round_trip_ns as u128;
+        let den = limit.unit_ns() as u128;
+        (num.div_ceil(den) + 1).min(u64::MAX as u128) as u64
+    }
 }
 
 /// An i128 stored with 8-byte alignment: a million live keys each hold two, and i128's 16-byte
@@ -175,7 +196,7 @@ impl BucketState {
     }
 
     /// Theoretical arrival time, scaled: the bucket is full again at TAT.
-    fn tat(&self, limit: &Limit) -> i128 {
+    pub(super) fn tat(&self, limit: &Limit) -> i128 {
         self.base()
             .saturating_add(limit.token().saturating_mul(self.consumed_total()))
             .saturating_sub(self.forgiven())
@@ -198,7 +219,7 @@ impl BucketState {
         &mut self.slots[i]
     }
 
-    fn outcome(&self, limit: &Limit, tat: i128, t: i128, allowed: bool) -> Outcome {
+    pub(super) fn outcome(&self, limit: &Limit, tat: i128, t: i128, allowed: bool) -> Outcome {
         let ahead = tat.saturating_sub(t).max(0);
         let used = ahead.saturating_add(limit.token() - 1) / limit.token();
         let remaining = (limit.capacity as i128 - used).clamp(0, limit.capacity as i128) as u64;
@@ -296,6 +317,62 @@ impl BucketState {
             }
         }
         self.outcome(limit, tat, t, allowed)
+    }
+
+    /// Count `n` tokens asked of `who`, and admitted when `admitted`, without touching `B` or
+    /// `F`. Fair-share mode decides on a local bucket and records here only what happened: the
+    /// counts still replicate (so the cluster's total stays true after a heal), but nothing
+    /// rebases the shared bucket on a partial view.
+    pub fn record(&mut self, who: ReplicaId, n: u64, admitted: bool) {
+        if n == 0 {
+            return;
+        }
+        let slot = self.slot_mut(who);
+        slot.requested = slot.requested.saturating_add(n);
+        if admitted {
+            slot.consumed = slot.consumed.saturating_add(n);
+        }
+    }
+
+    /// Tokens this replica was asked for on this key.
+    pub fn requested_by(&self, who: ReplicaId) -> u64 {
+        self.slots
+            .iter()
+            .find(|s| s.replica == who)
+            .map_or(0, |s| s.requested)
+    }
+
+    /// The burst guard (design section 4.3): may `who` admit `n` more tokens while its peers
+    /// have acknowledged only `acked` of its own counts?
+    ///
+    /// A node's consumption that no peer has seen yet is what the others over-admit against,
+    /// so it is kept below `q = max(q_min, w * (tokens_view + unacked))`, where `w` is the
+    /// node's share of the demand the cluster knows about (`1 / members` for a key nobody has
+    /// reported demand on yet: a cold synchronized burst splits the bucket instead of
+    /// spending it `members` times). `q_min` keeps a steady stream at the fill rate flowing
+    /// while acks are in flight. A node with nothing unacknowledged may always try one request
+    /// on the bucket, so the bound per node is `max(q, one request)`.
+    pub fn guard_allows(&self, limit: &Limit, who: ReplicaId, n: u64, now: i64, g: &Guard) -> bool {
+        let mine = self.consumed_by(who);
+        let unacked = mine.saturating_sub(g.acked_consumed) as i128;
+        let view = self.tokens(limit, now);
+        // Demand the peers have reported, and this node's demand they have acknowledged.
+        let others: u128 = self
+            .slots
+            .iter()
+            .filter(|s| s.replica != who)
+            .map(|s| s.requested as u128)
+            .sum();
+        let own = g.acked_requested.min(self.requested_by(who)) as u128;
+        let base = (view + unacked).max(0) as u128;
+        let share = base
+            .saturating_mul(own)
+            .checked_div(own + others)
+            .unwrap_or(base / g.members.max(1) as u128);
+        let q = share.max(g.min_window_tokens(limit) as u128);
+        // With nothing in flight one request always goes to the bucket itself, however large:
+        // otherwise a request for more than a share could never be admitted.
+        unacked == 0 || (unacked as u128).saturating_add(n as u128) <= q
     }
 
     /// Merge another replica's view of the same key. Returns whether `self` changed.

@@ -2,12 +2,19 @@
 //!
 //! A peer seen for the first time, or with a new incarnation (it restarted and lost its
 //! memory), gets a full snapshot, shard by shard in frames of at most `max_frame_bytes`, then
-//! SnapshotEnd. After that, every `sync_interval` the keys changed since the last frame, the
-//! most drained first. Frames not yet acknowledged when the stream breaks are queued again:
-//! merging is idempotent, so a resend is always safe.
+//! SnapshotEnd. A peer that reconnects with the same incarnation gets the changes it missed,
+//! then SnapshotEnd too: either way SnapshotEnd tells it that it is caught up with this node.
+//! After that, every `sync_interval` the keys changed since the last frame, the most drained
+//! first. A frame is acknowledged by its own sequence number; one not acknowledged in time
+//! (lost, or the stream broke) is queued again: merging is idempotent, so a resend is always
+//! safe.
+//!
+//! The link also tells the rest of replication what the peer has seen: the latest fan-out
+//! round whose changes it acknowledged (the burst guard waits on it) and when it last heard
+//! from the peer (fair-share mode starts when a member goes quiet).
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,20 +23,22 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
 use tracing::{debug, info, warn};
 
 use super::codec::DeltaBuilder;
+use super::faults::Faults;
 use super::proto::frame::Kind;
 use super::proto::replication_client::ReplicationClient;
-use super::proto::{Frame, Ping, SnapshotEnd};
+use super::proto::{Frame, Leave, Ping, SnapshotEnd};
 use super::Shared;
 use crate::store::KeyId;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
-const PING_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// A frame not acknowledged for this long is sent again (with TCP underneath this only
+/// happens when a frame was lost to a fault or a stalled peer; duplicates merge harmlessly).
+const RESEND_AFTER: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Status {
@@ -45,6 +54,15 @@ enum Status {
     Myself,
 }
 
+/// A frame sent and not acknowledged yet.
+pub(crate) struct InFlight {
+    seq: u64,
+    keys: Vec<KeyId>,
+    /// The fan-out round its keys were taken in.
+    round: u64,
+    sent: Instant,
+}
+
 pub(crate) struct Link {
     pub addr: String,
     /// Keys changed since they were last sent to this peer.
@@ -52,6 +70,16 @@ pub(crate) struct Link {
     status: Mutex<Status>,
     /// The peer's incarnation when last connected: a different one means it restarted.
     known_incarnation: Mutex<Option<u64>>,
+    /// The peer's node name when last connected (kept while it is away).
+    last_node: Mutex<Option<String>>,
+    /// Last ack or pong from the peer.
+    last_heard: Mutex<Option<Instant>>,
+    /// Every fan-out round up to this one is acknowledged by the peer.
+    acked_round: AtomicU64,
+    /// The round at the last (re)connection: the peer is resynced once it acked this far.
+    resync_round: AtomicU64,
+    /// Dialed because a peer announced this address, not because it is configured.
+    pub learned: bool,
     unacked: AtomicUsize,
     oldest_unacked: Mutex<Option<Instant>>,
     pub stop: CancellationToken,
@@ -64,7 +92,7 @@ pub(crate) struct Link {
 }
 
 impl Link {
-    pub fn new(shared: &Shared, addr: String, stop: CancellationToken) -> Link {
+    pub fn new(shared: &Shared, addr: String, learned: bool, stop: CancellationToken) -> Link {
         let m = &shared.metrics;
         Link {
             frames_sent: m.peer_counter("tollgate_replication_frames_sent_total", &addr),
@@ -77,6 +105,11 @@ impl Link {
             dirty: Mutex::new(HashSet::new()),
             status: Mutex::new(Status::Trying),
             known_incarnation: Mutex::new(None),
+            last_node: Mutex::new(None),
+            last_heard: Mutex::new(None),
+            acked_round: AtomicU64::new(0),
+            resync_round: AtomicU64::new(u64::MAX),
+            learned,
             unacked: AtomicUsize::new(0),
             oldest_unacked: Mutex::new(None),
             stop,
@@ -91,6 +124,11 @@ impl Link {
         }
     }
 
+    /// The peer's node name, connected or not, once it has ever answered.
+    pub fn last_node(&self) -> Option<String> {
+        self.last_node.lock().clone()
+    }
+
     /// Tried at least once (connected, or known unreachable/refused/self).
     pub fn tried(&self) -> bool {
         *self.status.lock() != Status::Trying
@@ -98,6 +136,32 @@ impl Link {
 
     pub fn is_myself(&self) -> bool {
         *self.status.lock() == Status::Myself
+    }
+
+    /// A member of this cluster: not this node, and not a node that refused us (another
+    /// cluster, config or secret).
+    pub fn is_member(&self) -> bool {
+        !matches!(*self.status.lock(), Status::Myself | Status::Refused)
+    }
+
+    /// Heard from within `timeout` (a link never connected is not alive).
+    pub fn alive(&self, now: Instant, timeout: Duration) -> bool {
+        self.last_heard
+            .lock()
+            .is_some_and(|t| now.saturating_duration_since(t) < timeout)
+    }
+
+    fn heard(&self) {
+        *self.last_heard.lock() = Some(Instant::now());
+    }
+
+    pub fn acked_round(&self) -> u64 {
+        self.acked_round.load(Ordering::Acquire)
+    }
+
+    /// The peer acknowledged everything this node sent up to its last reconnection.
+    pub fn resynced(&self) -> bool {
+        self.acked_round() >= self.resync_round.load(Ordering::Acquire)
     }
 
     /// Changes not yet acknowledged by the peer: queued plus in flight.
@@ -139,17 +203,11 @@ pub(crate) async fn run(shared: Arc<Shared>, link: Arc<Link>) {
         if link.stop.is_cancelled() {
             return;
         }
-        let mut unacked: VecDeque<(u64, Vec<KeyId>)> = VecDeque::new();
-        let end = session(&shared, &link, &mut unacked).await;
-        // Whatever was in flight goes out again on the next connection.
-        {
-            let mut dirty = link.dirty.lock();
-            for (_, keys) in unacked.drain(..) {
-                dirty.extend(keys);
-            }
-        }
-        link.unacked.store(0, Ordering::Release);
-        *link.oldest_unacked.lock() = None;
+        let mut out = Outbox::new(&shared, &link);
+        let end = session(&shared, &link, &mut out).await;
+        // Whatever was in flight goes out again on the next connection; until then the peer
+        // has acknowledged no more than before the oldest of it.
+        out.requeue_all();
         match end {
             End::Stopped => return,
             End::Myself => {
@@ -182,8 +240,196 @@ pub(crate) async fn run(shared: Arc<Shared>, link: Arc<Link>) {
     }
 }
 
-async fn session(shared: &Shared, link: &Link, unacked: &mut VecDeque<(u64, Vec<KeyId>)>) -> End {
-    let endpoint = match Endpoint::from_shared(format!("http://{}", link.addr)) {
+/// The sending side of one session: numbers frames, remembers them until acknowledged, and
+/// publishes how far the peer has acknowledged.
+pub(crate) struct Outbox<'a> {
+    link: &'a Link,
+    faults: Option<&'a Faults>,
+    seq: u64,
+    in_flight: VecDeque<InFlight>,
+    /// Round of the last drain of the dirty set: everything up to it was sent or is in flight.
+    drained_round: u64,
+    /// Keys sent back to the dirty set since the last drain hold acks back to before their round.
+    requeued_floor: Option<u64>,
+    /// A frame held back to be sent after the next one (reorder fault).
+    held: Option<Frame>,
+}
+
+impl<'a> Outbox<'a> {
+    fn new(shared: &'a Shared, link: &'a Link) -> Self {
+        Outbox {
+            link,
+            faults: shared.settings.faults.as_deref(),
+            seq: 0,
+            in_flight: VecDeque::new(),
+            drained_round: link.acked_round(),
+            requeued_floor: None,
+            held: None,
+        }
+    }
+
+    /// Publish the latest round every change of which the peer acknowledged.
+    fn publish(&self) {
+        let mut r = self.drained_round;
+        if let Some(f) = self.in_flight.iter().map(|f| f.round).min() {
+            r = r.min(f.saturating_sub(1));
+        }
+        if let Some(f) = self.requeued_floor {
+            r = r.min(f);
+        }
+        self.link.acked_round.store(r, Ordering::Release);
+        self.link
+            .unacked
+            .store(self.in_flight.len(), Ordering::Release);
+        *self.link.oldest_unacked.lock() = self.in_flight.iter().map(|f| f.sent).min();
+        self.link.update_lag();
+    }
+
+    fn ack(&mut self, seq: u64) {
+        if let Some(i) = self.in_flight.iter().position(|f| f.seq == seq) {
+            self.in_flight.remove(i);
+        }
+        self.publish();
+    }
+
+    /// Put frames back into the dirty set: all of them, or those unacknowledged for too long.
+    fn requeue(&mut self, older_than: Option<Duration>) {
+        let now = Instant::now();
+        let mut dirty = self.link.dirty.lock();
+        let mut kept = VecDeque::new();
+        for f in self.in_flight.drain(..) {
+            if older_than.is_some_and(|d| now.duration_since(f.sent) < d) {
+                kept.push_back(f);
+                continue;
+            }
+            let floor = f.round.saturating_sub(1);
+            self.requeued_floor = Some(self.requeued_floor.map_or(floor, |r| r.min(floor)));
+            dirty.extend(f.keys);
+        }
+        drop(dirty);
+        self.in_flight = kept;
+        self.publish();
+    }
+
+    fn requeue_all(&mut self) {
+        self.requeue(None);
+    }
+
+    /// Take the dirty set, as of fan-out round `round`.
+    fn drain(&mut self, round: u64) -> Vec<KeyId> {
+        let keys: Vec<KeyId> = self.link.dirty.lock().drain().collect();
+        self.drained_round = round;
+        self.requeued_floor = None;
+        keys
+    }
+
+    async fn send(&mut self, tx: &mpsc::Sender<Frame>, f: Frame) -> Result<(), End> {
+        tokio::select! {
+            _ = self.link.stop.cancelled() => Err(End::Stopped),
+            r = tx.send(f) => r.map_err(|_| End::Broken("stream closed".into())),
+        }
+    }
+
+    /// Send one Delta (through the fault plan, in tests).
+    async fn send_delta(
+        &mut self,
+        tx: &mpsc::Sender<Frame>,
+        (mut delta, keys): (super::proto::Delta, Vec<KeyId>),
+        round: u64,
+    ) -> Result<(), End> {
+        self.seq += 1;
+        delta.seq = self.seq;
+        let n = keys.len() as u64;
+        let f = frame(Kind::Delta(delta));
+        let bytes = prost::Message::encoded_len(&f) as u64;
+        self.in_flight.push_back(InFlight {
+            seq: self.seq,
+            keys,
+            round,
+            sent: Instant::now(),
+        });
+        self.publish();
+        let fate = self.faults.map(Faults::fate).unwrap_or_default();
+        if !fate.delay.is_zero() {
+            // Latency, not bandwidth: the frame arrives later, the link carries on.
+            let (tx, delay) = (tx.clone(), fate.delay);
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = tx.send(f).await;
+            });
+            return Ok(());
+        }
+        if fate.drop {
+            return Ok(());
+        }
+        if fate.hold && self.held.is_none() {
+            self.held = Some(f);
+            return Ok(());
+        }
+        if fate.duplicate {
+            self.send(tx, f.clone()).await?;
+        }
+        self.send(tx, f).await?;
+        if let Some(h) = self.held.take() {
+            self.send(tx, h).await?;
+        }
+        self.link.frames_sent.increment(1);
+        self.link.bytes_sent.increment(bytes);
+        self.link.keys_sent.increment(n);
+        Ok(())
+    }
+
+    /// SnapshotEnd: everything up to `round` has been sent.
+    async fn send_end(&mut self, tx: &mpsc::Sender<Frame>, round: u64) -> Result<(), End> {
+        self.seq += 1;
+        let seq = self.seq;
+        self.in_flight.push_back(InFlight {
+            seq,
+            keys: Vec::new(),
+            round,
+            sent: Instant::now(),
+        });
+        self.publish();
+        self.send(tx, frame(Kind::SnapshotEnd(SnapshotEnd { seq })))
+            .await
+    }
+
+    /// Encode and send `entries` as Deltas of the given round.
+    async fn send_entries(
+        &mut self,
+        shared: &Shared,
+        tx: &mpsc::Sender<Frame>,
+        entries: Vec<(KeyId, crate::bucket::Limit, crate::bucket::BucketState)>,
+        round: u64,
+    ) -> Result<(), End> {
+        for chunk in encode(shared, entries) {
+            self.send_delta(tx, chunk, round).await?;
+        }
+        Ok(())
+    }
+
+    /// Send the dirty set's current states.
+    async fn flush(
+        &mut self,
+        shared: &Shared,
+        tx: &mpsc::Sender<Frame>,
+        round: u64,
+    ) -> Result<(), End> {
+        let keys = self.drain(round);
+        if keys.is_empty() {
+            self.publish();
+            return Ok(());
+        }
+        let entries = keys
+            .into_iter()
+            .filter_map(|k| shared.store.get(k).map(|(l, s)| (k, l, s)))
+            .collect();
+        self.send_entries(shared, tx, entries, round).await
+    }
+}
+
+async fn session(shared: &Shared, link: &Link, out: &mut Outbox<'_>) -> End {
+    let endpoint = match super::tls::endpoint(shared.settings.tls.as_deref(), &link.addr) {
         Ok(e) => e.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true),
         Err(e) => return End::Refused(format!("invalid peer address '{}': {e}", link.addr)),
     };
@@ -222,11 +468,26 @@ async fn session(shared: &Shared, link: &Link, unacked: &mut VecDeque<(u64, Vec<
         shared.metrics.refused(reason);
         return End::Refused(msg);
     }
+    let me = shared.me();
+    let cut = || {
+        shared
+            .settings
+            .faults
+            .as_ref()
+            .is_some_and(|f| f.is_cut(&me.node, &hello.node))
+    };
+    if cut() {
+        return End::Unreachable("cut off by the test network".into());
+    }
+    *link.last_node.lock() = Some(hello.node.clone());
+    shared.left.lock().remove(&hello.node);
+    link.heard();
     link.set_status(Status::Connected {
         node: hello.node.clone(),
     });
     shared.update_outlier();
-    let mut seq = 0u64;
+    let round = shared.round();
+    link.resync_round.store(round, Ordering::Release);
     let new_peer = {
         let mut known = link.known_incarnation.lock();
         let new = *known != Some(hello.incarnation);
@@ -236,68 +497,66 @@ async fn session(shared: &Shared, link: &Link, unacked: &mut VecDeque<(u64, Vec<
     if new_peer {
         // It knows nothing of us: everything we hold goes over, then SnapshotEnd.
         info!(peer = %hello.node, addr = %link.addr, "sending full snapshot");
-        link.dirty.lock().clear();
+        out.drain(round);
         for shard in 0..shared.store.shard_count() {
             let mut entries = Vec::new();
             shared
                 .store
                 .for_each_in_shard(shard, |k, l, s| entries.push((k, *l, s.clone())));
-            for chunk in encode(shared, entries) {
-                if let Err(e) = send_delta(link, &tx, &mut seq, chunk, unacked).await {
-                    return e;
-                }
+            if let Err(e) = out.send_entries(shared, &tx, entries, round).await {
+                return e;
             }
         }
-        seq += 1;
-        if tx
-            .send(frame(Kind::SnapshotEnd(SnapshotEnd { seq })))
-            .await
-            .is_err()
-        {
-            return End::Broken("stream closed during snapshot".into());
-        }
-        unacked.push_back((seq, Vec::new()));
-        link.unacked.store(unacked.len(), Ordering::Release);
     } else {
         info!(peer = %hello.node, addr = %link.addr, "resuming: resending unacknowledged changes");
+        if let Err(e) = out.flush(shared, &tx, round).await {
+            return e;
+        }
+    }
+    if let Err(e) = out.send_end(&tx, round).await {
+        return e;
     }
 
     let mut tick = tokio::time::interval(shared.settings.sync_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ping = tokio::time::interval(PING_INTERVAL);
+    let mut ping = tokio::time::interval(shared.heartbeat());
+    let mut said_goodbye = false;
     loop {
         tokio::select! {
             _ = link.stop.cancelled() => return End::Stopped,
             _ = tick.tick() => {
-                let keys: Vec<KeyId> = link.dirty.lock().drain().collect();
-                if !keys.is_empty() {
-                    let entries = keys
-                        .into_iter()
-                        .filter_map(|k| shared.store.get(k).map(|(l, s)| (k, l, s)))
-                        .collect();
-                    for chunk in encode(shared, entries) {
-                        if let Err(e) = send_delta(link, &tx, &mut seq, chunk, unacked).await {
-                            return e;
-                        }
+                if cut() {
+                    return End::Broken("cut off by the test network".into());
+                }
+                out.requeue(Some(RESEND_AFTER));
+                let round = shared.round();
+                if let Err(e) = out.flush(shared, &tx, round).await {
+                    return e;
+                }
+                if shared.is_leaving() && !said_goodbye && out.in_flight.is_empty() {
+                    said_goodbye = true;
+                    if let Err(e) = out.send(&tx, frame(Kind::Leave(Leave {}))).await {
+                        return e;
                     }
                 }
-                link.update_lag();
             }
             _ = ping.tick() => {
-                if tx.send(frame(Kind::Ping(Ping { wall_ns: shared.now() }))).await.is_err() {
-                    return End::Broken("stream closed".into());
+                if let Err(e) = out.send(&tx, frame(Kind::Ping(Ping { wall_ns: shared.now() }))).await {
+                    return e;
                 }
             }
             msg = inbound.message() => match msg {
                 Ok(Some(Frame { kind: Some(Kind::Ack(a)) })) => {
-                    while unacked.front().is_some_and(|(s, _)| *s <= a.seq) {
-                        unacked.pop_front();
+                    if !cut() {
+                        link.heard();
+                        out.ack(a.seq);
                     }
-                    link.unacked.store(unacked.len(), Ordering::Release);
-                    *link.oldest_unacked.lock() = if unacked.is_empty() { None } else { Some(Instant::now()) };
-                    link.update_lag();
                 }
                 Ok(Some(Frame { kind: Some(Kind::Pong(p)) })) => {
+                    if cut() {
+                        continue;
+                    }
+                    link.heard();
                     let now = shared.now();
                     let rtt = now.saturating_sub(p.echo_wall_ns).max(0);
                     let offset = p.wall_ns.saturating_sub(p.echo_wall_ns.saturating_add(rtt / 2));
@@ -356,31 +615,4 @@ fn encode(
         out.push((b.delta, keys));
     }
     out
-}
-
-async fn send_delta(
-    link: &Link,
-    tx: &mpsc::Sender<Frame>,
-    seq: &mut u64,
-    (mut delta, keys): (super::proto::Delta, Vec<KeyId>),
-    unacked: &mut VecDeque<(u64, Vec<KeyId>)>,
-) -> Result<(), End> {
-    *seq += 1;
-    delta.seq = *seq;
-    let n = keys.len() as u64;
-    let f = frame(Kind::Delta(delta));
-    let bytes = prost::Message::encoded_len(&f) as u64;
-    unacked.push_back((*seq, keys));
-    link.unacked.store(unacked.len(), Ordering::Release);
-    link.oldest_unacked.lock().get_or_insert_with(Instant::now);
-    tokio::select! {
-        _ = link.stop.cancelled() => return Err(End::Stopped),
-        r = tx.send(f) => if r.is_err() {
-            return Err(End::Broken("stream closed".into()));
-        }
-    }
-    link.frames_sent.increment(1);
-    link.bytes_sent.increment(bytes);
-    link.keys_sent.increment(n);
-    Ok(())
 }

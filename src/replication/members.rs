@@ -13,6 +13,8 @@ use tracing::{info, warn};
 use super::Shared;
 
 const RESOLVE_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a learned peer may stay silent before it is dropped from the members.
+const LEARNED_GRACE: Duration = Duration::from_secs(60);
 
 async fn desired(shared: &Shared) -> HashSet<String> {
     let mut out: HashSet<String> = shared.settings.peers.iter().cloned().collect();
@@ -35,8 +37,11 @@ pub(crate) async fn update(shared: &Arc<Shared>, stop: &CancellationToken) {
         return;
     }
     let mut links = shared.links.lock();
+    let now = std::time::Instant::now();
     links.retain(|addr, l| {
-        let keep = want.contains(addr);
+        // A peer learned from a Hello is kept while it is heard from (a learned member that
+        // leaves for good says Leave, or falls silent for LEARNED_GRACE).
+        let keep = want.contains(addr) || (l.learned && l.alive(now, LEARNED_GRACE));
         if !keep {
             info!(%addr, "peer left");
             l.stop.cancel();
@@ -44,7 +49,7 @@ pub(crate) async fn update(shared: &Arc<Shared>, stop: &CancellationToken) {
         keep
     });
     for addr in want {
-        shared.add_link(&mut links, &addr, stop);
+        shared.add_link(&mut links, &addr, false, stop);
     }
 }
 

@@ -8,24 +8,34 @@
 //! - [`service`]: the other end: merges what peers send, acknowledges, answers pings.
 //! - [`members`]: who the peers are (a static list, a DNS name re-resolved periodically).
 //! - this module: the shared state, the fan-out of changed keys to every link, readiness (a new
-//!   node is not ready until it holds every reachable peer's snapshot), and the handoff on
+//!   node is not ready until it holds every reachable peer's snapshot), the burst guard's
+//!   acknowledgements, fair-share mode while a member is unreachable, and the handoff on
 //!   shutdown.
+//!
+//! Fan-out happens in numbered rounds. A link publishes the latest round whose changes its peer
+//! acknowledged; once every live member acknowledged a round, the own counts it carried are
+//! known cluster-wide and the burst guard lets the next ones through (design section 4.3).
+//! When a member has not been heard from for `peer_timeout`, every node that lost it decides
+//! on its local share of each limit (fair-share mode, section 4.4) until all members are back
+//! and caught up in both directions.
 
 mod auth;
 mod codec;
+pub mod faults;
 mod link;
 mod members;
 mod replicas;
 mod service;
+pub mod tls;
 
 pub mod proto {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("tollgate.replication.v1");
 }
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -66,6 +76,14 @@ pub struct ReplicationSettings {
     /// The peer address other nodes dial to reach this one; empty when it cannot be known here
     /// (listening on 0.0.0.0 with no --peer-dns: peers must then list it themselves).
     pub advertise_addr: String,
+    /// A member not heard from for this long is treated as partitioned away: fair-share mode.
+    pub peer_timeout: Duration,
+    /// Hold back own consumption that peers have not acknowledged (design section 4.3).
+    pub burst_guard: bool,
+    /// Injected network faults (tests only; `None` in every deployment).
+    pub faults: Option<Arc<faults::Faults>>,
+    /// Mutual TLS on both ends of the peer stream; `None`: plaintext.
+    pub tls: Option<Arc<tls::PeerTls>>,
 }
 
 impl ReplicationSettings {
@@ -81,6 +99,10 @@ pub(crate) struct ReplMetrics {
     pub connected: Gauge,
     pub merges: Counter,
     pub quarantined: Gauge,
+    pub fair_share: Gauge,
+    pub fair_share_entered: Counter,
+    pub members: Gauge,
+    pub unacked_keys: Gauge,
 }
 
 impl ReplMetrics {
@@ -90,6 +112,10 @@ impl ReplMetrics {
             connected: metrics.gauge("tollgate_peers_connected", vec![]),
             merges: metrics.counter("tollgate_replication_merges_total", vec![]),
             quarantined: metrics.gauge("tollgate_peers_quarantined", vec![]),
+            fair_share: metrics.gauge("tollgate_fair_share_mode", vec![]),
+            fair_share_entered: metrics.counter("tollgate_fair_share_mode_entered_total", vec![]),
+            members: metrics.gauge("tollgate_cluster_members", vec![]),
+            unacked_keys: metrics.gauge("tollgate_burst_guard_unacked_keys", vec![]),
             metrics,
         }
     }
@@ -114,6 +140,9 @@ impl ReplMetrics {
     }
 }
 
+/// One fan-out round: its number and the own (consumed, requested) counts of its keys.
+type Round = (u64, Vec<(KeyId, (u64, u64))>);
+
 pub(crate) struct Shared {
     pub settings: ReplicationSettings,
     pub store: Arc<Store>,
@@ -131,11 +160,36 @@ pub(crate) struct Shared {
     pub metrics: ReplMetrics,
     pub started: Instant,
     pub synced: AtomicBool,
+    /// The last fan-out round; its changes are in every link's dirty set.
+    round: AtomicU64,
+    /// Own counts of the keys of each round not yet acknowledged by every live member.
+    rounds: Mutex<VecDeque<Round>>,
+    /// Nodes that said Leave: not members until they say Hello again.
+    pub left: Mutex<HashSet<String>>,
+    /// Nodes whose current stream to us delivered SnapshotEnd, by stream id.
+    pub caught_up: Mutex<HashMap<String, u64>>,
+    pub stream_ids: AtomicU64,
+    /// Shutting down: links say Leave once their changes are acknowledged.
+    leaving: AtomicBool,
 }
 
 impl Shared {
     pub fn now(&self) -> i64 {
         self.limiter.clock().now()
+    }
+
+    /// The current fan-out round.
+    pub fn round(&self) -> u64 {
+        self.round.load(Ordering::Acquire)
+    }
+
+    /// How often a link pings its peer: often enough that `peer_timeout` sees several.
+    pub fn heartbeat(&self) -> Duration {
+        (self.settings.peer_timeout / 5).clamp(Duration::from_millis(10), Duration::from_secs(1))
+    }
+
+    pub fn is_leaving(&self) -> bool {
+        self.leaving.load(Ordering::Acquire)
     }
 
     pub fn me(&self) -> Replica {
@@ -199,11 +253,25 @@ impl Shared {
     /// already holds the merged state.
     fn fan_out(&self, buf: &mut Vec<KeyId>) {
         buf.clear();
-        self.store.drain_dirty(buf);
+        let mut counts = Vec::new();
+        let guard = self.settings.burst_guard;
+        self.store.drain_dirty_with(|k, own| {
+            buf.push(k);
+            if guard {
+                counts.push((k, own));
+            }
+        });
         let suppress = std::mem::take(&mut *self.suppress.lock());
         if buf.is_empty() {
             return;
         }
+        // Every link's dirty set gets this round's keys before the round number is published,
+        // so a link that drains after reading round `r` has every key of rounds up to `r`.
+        let round = self.round() + 1;
+        if guard {
+            self.rounds.lock().push_back((round, counts));
+        }
+
         let skip: Vec<Option<String>> = buf
             .iter()
             .map(|k| {
@@ -222,6 +290,96 @@ impl Shared {
                 }
                 dirty.insert(*k);
             }
+        }
+        self.round.store(round, Ordering::Release);
+    }
+
+    /// Apply the acknowledgements of every round all live members have acknowledged: the
+    /// burst guard then lets the next own consumption of those keys through.
+    fn settle_acks(&self) {
+        if !self.settings.burst_guard {
+            return;
+        }
+        let now = Instant::now();
+        let timeout = self.settings.peer_timeout;
+        let acked = self
+            .links
+            .lock()
+            .values()
+            .filter(|l| self.is_member(l) && l.alive(now, timeout))
+            .map(|l| l.acked_round())
+            .min()
+            .unwrap_or_else(|| self.round());
+        let mut done = Vec::new();
+        {
+            let mut rounds = self.rounds.lock();
+            while rounds.front().is_some_and(|(r, _)| *r <= acked) {
+                if let Some((_, keys)) = rounds.pop_front() {
+                    done.extend(keys);
+                }
+            }
+        }
+        if !done.is_empty() {
+            self.store.acknowledge(&done);
+        }
+    }
+
+    /// A member: a peer of this cluster that has not said Leave.
+    fn is_member(&self, l: &Link) -> bool {
+        l.is_member() && l.last_node().is_none_or(|n| !self.left.lock().contains(&n))
+    }
+
+    /// Fair-share mode on when a member has gone quiet; off again once every member is heard
+    /// from and caught up both ways (it acknowledged what we sent since it came back, and its
+    /// stream to us delivered SnapshotEnd), so no consumption of the split is missing.
+    fn update_mode(&self) {
+        let now = Instant::now();
+        let timeout = self.settings.peer_timeout;
+        let links: Vec<Arc<Link>> = self.links.lock().values().cloned().collect();
+        let members: Vec<&Arc<Link>> = links.iter().filter(|l| self.is_member(l)).collect();
+        let n = 1 + members.len() as u32;
+        self.metrics.members.set(n as f64);
+        let dead: Vec<&str> = members
+            .iter()
+            .filter(|l| !l.alive(now, timeout))
+            .map(|l| l.addr.as_str())
+            .collect();
+        let caught_up = self.caught_up.lock();
+        let behind: Vec<&str> = members
+            .iter()
+            .filter(|l| !l.resynced() || l.last_node().is_none_or(|n| !caught_up.contains_key(&n)))
+            .map(|l| l.addr.as_str())
+            .collect();
+        drop(caught_up);
+        let current = self.store.fair_share();
+        let want = if !dead.is_empty() || (current.is_some() && !behind.is_empty()) {
+            Some(n)
+        } else {
+            None
+        };
+        if want != current {
+            match want {
+                Some(n) => {
+                    if current.is_none() {
+                        self.metrics.fair_share_entered.increment(1);
+                    }
+                    warn!(members = n, unreachable = ?dead, "fair-share mode: deciding on this node's 1/{n} of every limit");
+                }
+                None => info!("every member is back and caught up: leaving fair-share mode"),
+            }
+            self.store.set_fair_share(want, self.now());
+        }
+        self.metrics
+            .fair_share
+            .set(if want.is_some() { 1.0 } else { 0.0 });
+        if self.settings.burst_guard {
+            // An ack takes up to a sync interval to be sent, one to be settled, and one more
+            // for the change to leave the store, plus the network.
+            let round_trip = self.settings.sync_interval * 3 + Duration::from_millis(1);
+            self.store.set_burst_guard(n, round_trip);
+            self.metrics
+                .unacked_keys
+                .set(self.store.unacked_keys() as f64);
         }
     }
 
@@ -282,7 +440,7 @@ impl Shared {
         if addr.is_empty() || addr == self.settings.advertise_addr {
             return;
         }
-        if self.add_link(&mut self.links.lock(), addr, stop) {
+        if self.add_link(&mut self.links.lock(), addr, true, stop) {
             info!(%addr, "learned a new peer");
         }
     }
@@ -292,12 +450,18 @@ impl Shared {
         self: &Arc<Self>,
         links: &mut HashMap<String, Arc<Link>>,
         addr: &str,
+        learned: bool,
         stop: &CancellationToken,
     ) -> bool {
         if links.contains_key(addr) {
             return false;
         }
-        let l = Arc::new(Link::new(self, addr.to_string(), stop.child_token()));
+        let l = Arc::new(Link::new(
+            self,
+            addr.to_string(),
+            learned,
+            stop.child_token(),
+        ));
         links.insert(addr.to_string(), l.clone());
         tokio::spawn(link::run(self.clone(), l));
         true
@@ -337,6 +501,12 @@ impl Replicator {
             quarantined: Mutex::new(HashSet::new()),
             started: Instant::now(),
             synced: AtomicBool::new(false),
+            round: AtomicU64::new(0),
+            rounds: Mutex::new(VecDeque::new()),
+            left: Mutex::new(HashSet::new()),
+            caught_up: Mutex::new(HashMap::new()),
+            stream_ids: AtomicU64::new(0),
+            leaving: AtomicBool::new(false),
         });
         let stop = CancellationToken::new();
         let server = tokio::spawn(service::serve(shared.clone(), listener, stop.clone()));
@@ -369,6 +539,9 @@ impl Replicator {
                 .sum();
             if pending == 0 {
                 info!("handoff complete: every peer acknowledged this node's state");
+                // Say Leave, so the others do not wait for this node as if partitioned.
+                self.shared.leaving.store(true, Ordering::Release);
+                tokio::time::sleep(self.shared.settings.sync_interval * 3).await;
                 return true;
             }
             if tokio::time::Instant::now() >= deadline {
@@ -412,6 +585,8 @@ async fn ticker(shared: Arc<Shared>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {
                 shared.fan_out(&mut buf);
+                shared.settle_acks();
+                shared.update_mode();
                 shared.check_ready();
                 let (peers, connected) = {
                     let links = shared.links.lock();

@@ -2,6 +2,7 @@
 //! A malformed or unexpected frame closes that one stream with a status that says what was
 //! wrong; the node and its other streams carry on.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::codec::{decode_delta, FrameError};
 use super::proto::frame::Kind;
@@ -23,6 +24,7 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, stop: CancellationToken) {
     let max = shared.settings.max_frame_bytes * 2;
+    let builder = super::tls::server_builder(shared.settings.tls.as_deref());
     let svc = ReplicationServer::new(PeerService {
         shared,
         stop: stop.clone(),
@@ -30,7 +32,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, stop: Canc
     .max_decoding_message_size(max)
     .max_encoding_message_size(max);
     let incoming = TcpListenerStream::new(listener);
-    if let Err(e) = tonic::transport::Server::builder()
+    if let Err(e) = builder
         .tcp_nodelay(true)
         .add_service(svc)
         .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
@@ -57,6 +59,7 @@ fn kind_name(k: &Kind) -> &'static str {
         Kind::Ping(_) => "Ping",
         Kind::Pong(_) => "Pong",
         Kind::SnapshotEnd(_) => "SnapshotEnd",
+        Kind::Leave(_) => "Leave",
     }
 }
 
@@ -104,6 +107,7 @@ impl Replication for PeerService {
                 _ => Status::failed_precondition(msg),
             });
         }
+        shared.left.lock().remove(&hello.node);
         shared.learn(&hello.advertise_addr, &self.stop);
         let (tx, rx) = mpsc::channel(64);
         tx.send(Ok(frame(Kind::Hello(shared.hello()))))
@@ -137,6 +141,12 @@ async fn receive(
     let keys_in = shared
         .metrics
         .peer_counter("tollgate_replication_keys_received_total", &node);
+    let stream = shared.stream_ids.fetch_add(1, Ordering::Relaxed);
+    let _caught_up = CaughtUp {
+        shared: &shared,
+        node: &node,
+        stream,
+    };
     loop {
         // Ending this task on stop ends the response stream, which lets the peer server's
         // graceful shutdown finish and free the port.
@@ -200,7 +210,13 @@ async fn receive(
             }
             Some(Kind::SnapshotEnd(e)) => {
                 shared.snapshots_from.lock().insert(node.clone());
+                shared.caught_up.lock().insert(node.clone(), stream);
                 Kind::Ack(Ack { seq: e.seq })
+            }
+            Some(Kind::Leave(_)) => {
+                info!(peer = %node, "peer left the cluster (scaled down): no longer a member");
+                shared.left.lock().insert(node.clone());
+                continue;
             }
             Some(Kind::Ping(p)) => Kind::Pong(Pong {
                 wall_ns: shared.now(),
@@ -223,6 +239,23 @@ async fn receive(
         };
         if tx.send(Ok(frame(reply))).await.is_err() {
             return;
+        }
+    }
+}
+
+/// While a peer's stream is open after its SnapshotEnd, that peer is caught up with us; when
+/// the stream ends it no longer is (a newer stream of the same peer keeps its own mark).
+struct CaughtUp<'a> {
+    shared: &'a Shared,
+    node: &'a str,
+    stream: u64,
+}
+
+impl Drop for CaughtUp<'_> {
+    fn drop(&mut self) {
+        let mut c = self.shared.caught_up.lock();
+        if c.get(self.node) == Some(&self.stream) {
+            c.remove(self.node);
         }
     }
 }

@@ -16,14 +16,14 @@ mod tests;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::{Mutex, MutexGuard};
 use smallvec::SmallVec;
 
 pub use key::{KeyBuilder, KeyId};
 
-use crate::bucket::{generation_at, BucketState, Limit, Outcome, ReplicaId};
+use crate::bucket::{generation_at, BucketState, FairShare, Guard, Limit, Outcome, ReplicaId};
 
 /// One bucket to charge as part of a request.
 #[derive(Debug, Clone, Copy)]
@@ -192,10 +192,28 @@ impl std::hash::Hash for Packed {
 
 type Map = HashMap<Packed, Entry, BuildHasherDefault<IdHasher>>;
 
+type Side<T> = HashMap<Packed, T, BuildHasherDefault<IdHasher>>;
+
 #[derive(Default)]
 struct Shard {
     map: Map,
     dirty: Vec<u128>,
+    /// Burst guard: this node's own (consumed, requested) on a key as of the last changes all
+    /// live peers acknowledged. Only keys with unacknowledged own changes are here, so the
+    /// table stays small and the entries of a million quiet keys pay nothing for it.
+    acked: Side<(u64, u64)>,
+    /// Fair-share mode: the local share of each key touched since the mode began.
+    fair: Side<FairShare>,
+}
+
+/// How replication constrains local decisions right now; read once per request.
+#[derive(Debug, Clone, Copy, Default)]
+struct Mode {
+    /// Members in fair-share mode (0: off).
+    fair: u32,
+    /// Members for the burst guard (0: off).
+    guard: u32,
+    round_trip_ns: u64,
 }
 
 /// Keeps each shard's lock on its own cache line so shards do not false-share.
@@ -210,6 +228,9 @@ pub struct Store {
     overflow_live: AtomicUsize,
     shared_total: AtomicU64,
     refused_total: AtomicU64,
+    fair_members: AtomicU32,
+    guard_members: AtomicU32,
+    round_trip_ns: AtomicU64,
     cfg: StoreConfig,
     local: ReplicaId,
 }
@@ -224,6 +245,9 @@ impl Store {
             overflow_live: AtomicUsize::new(0),
             shared_total: AtomicU64::new(0),
             refused_total: AtomicU64::new(0),
+            fair_members: AtomicU32::new(0),
+            guard_members: AtomicU32::new(0),
+            round_trip_ns: AtomicU64::new(0),
             cfg,
             local,
         }
@@ -245,6 +269,110 @@ impl Store {
         limit.capacity() as u64 * self.cfg.debt_cap_capacities as u64
     }
 
+    fn mode(&self) -> Mode {
+        Mode {
+            fair: self.fair_members.load(Ordering::Relaxed),
+            guard: self.guard_members.load(Ordering::Relaxed),
+            round_trip_ns: self.round_trip_ns.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Turn the burst guard on for a cluster of `members` (this node included) whose acks take
+    /// about `round_trip`; `members <= 1` turns it off.
+    pub fn set_burst_guard(&self, members: u32, round_trip: std::time::Duration) {
+        self.round_trip_ns.store(
+            round_trip.as_nanos().min(u64::MAX as u128) as u64,
+            Ordering::Relaxed,
+        );
+        self.guard_members
+            .store(if members > 1 { members } else { 0 }, Ordering::Relaxed);
+    }
+
+    /// Enter fair-share mode with `members` sharing every limit, or leave it (`None`).
+    ///
+    /// Entering fixes every live key's share from the view at `now`, before anything else is
+    /// merged: a share taken later from a view that already holds a same-side peer's
+    /// fair-share spending would charge that spending twice. Leaving forgets the shares: the
+    /// next decision is on the shared bucket again.
+    pub fn set_fair_share(&self, members: Option<u32>, now: i64) {
+        let m = members.unwrap_or(0);
+        let was = self.fair_members.load(Ordering::Acquire);
+        if was == m {
+            return;
+        }
+        for s in self.shards.iter() {
+            let mut g = s.0.lock();
+            let shard = &mut *g;
+            shard.fair.clear();
+            if m > 0 {
+                shard.fair.extend(
+                    shard
+                        .map
+                        .iter()
+                        .map(|(k, e)| (*k, FairShare::start(&e.state, &e.limit, now))),
+                );
+            } else {
+                shard.fair.shrink_to_fit();
+            }
+        }
+        self.fair_members.store(m, Ordering::Release);
+    }
+
+    /// Members sharing every limit while in fair-share mode, if it is on.
+    pub fn fair_share(&self) -> Option<u32> {
+        let m = self.fair_members.load(Ordering::Relaxed);
+        (m > 0).then_some(m)
+    }
+
+    /// Whether `hits` fit the key's bucket under the current mode: the shared bucket (and the
+    /// burst guard), or this node's share of it in fair-share mode.
+    #[allow(clippy::too_many_arguments)]
+    fn fits(
+        &self,
+        shard: &Shard,
+        id: u128,
+        state: Option<&BucketState>,
+        limit: &Limit,
+        hits: u64,
+        now: i64,
+        mode: Mode,
+    ) -> bool {
+        let fresh;
+        let state = match state {
+            Some(s) => s,
+            None => {
+                fresh = BucketState::new(generation_at(now));
+                &fresh
+            }
+        };
+        if mode.fair > 0 {
+            let share = shard
+                .fair
+                .get(&Packed::of(id))
+                .copied()
+                .unwrap_or_else(|| FairShare::start(state, limit, now));
+            return share.check(limit, hits, now, mode.fair);
+        }
+        if !state.check(limit, hits, now) {
+            return false;
+        }
+        if mode.guard > 0 {
+            let (acked_consumed, acked_requested) =
+                shard.acked.get(&Packed::of(id)).copied().unwrap_or((
+                    state.consumed_by(self.local),
+                    state.requested_by(self.local),
+                ));
+            let g = Guard {
+                acked_consumed,
+                acked_requested,
+                members: mode.guard,
+                round_trip_ns: mode.round_trip_ns,
+            };
+            return state.guard_allows(limit, self.local, hits, now, &g);
+        }
+        true
+    }
+
     /// Decide a request: every enforced charge must fit for any to be taken (all or none).
     /// Shadow charges are taken only when they fit and the request is admitted.
     pub fn decide(&self, charges: &[Charge], now: i64) -> SmallVec<[Verdict; 4]> {
@@ -259,6 +387,7 @@ impl Store {
             .map(|&i| (i, self.shards[i].0.lock()))
             .collect();
         let mut overflow: Option<MutexGuard<'_, Shard>> = None;
+        let mode = self.mode();
 
         // Where each charge lives, and whether it fits.
         let mut slots: SmallVec<[(Placement, u128); 4]> = SmallVec::new();
@@ -297,10 +426,10 @@ impl Store {
             let hits = earlier.saturating_add(c.hits);
             let fit = match placement {
                 Placement::Refused => false,
-                Placement::Own => g
-                    .map
-                    .get(&Packed::of(id))
-                    .is_none_or(|e| e.state.check(&c.limit, hits, now)),
+                Placement::Own => {
+                    let state = g.map.get(&Packed::of(id)).map(|e| &e.state);
+                    self.fits(g, id, state, &c.limit, hits, now, mode)
+                }
                 Placement::Shared => overflow
                     .as_ref()
                     .and_then(|o| o.map.get(&Packed::of(id)))
@@ -338,11 +467,24 @@ impl Store {
                     overflow.as_deref_mut().expect("locked when placed")
                 }
             };
+            // Overflow buckets are local to this node: no share and no guard apply to them.
+            let mode = match placement {
+                Placement::Own => mode,
+                _ => Mode::default(),
+            };
             let outcome = if c.hits == 0 {
-                shard.map.get(&Packed::of(id)).map_or_else(
-                    || BucketState::new(gen).peek(&c.limit, now),
-                    |e| e.state.peek(&c.limit, now),
-                )
+                let fresh = BucketState::new(gen);
+                let state = shard.map.get(&Packed::of(id)).map_or(&fresh, |e| &e.state);
+                if mode.fair > 0 {
+                    shard
+                        .fair
+                        .get(&Packed::of(id))
+                        .copied()
+                        .unwrap_or_else(|| FairShare::start(state, &c.limit, now))
+                        .outcome(&c.limit, now, mode.fair, within)
+                } else {
+                    state.peek(&c.limit, now)
+                }
             } else {
                 let counter = match placement {
                     Placement::Shared => &self.overflow_live,
@@ -356,14 +498,34 @@ impl Store {
                         version: 0,
                     }
                 });
-                let outcome = entry.state.charge(
-                    &c.limit,
-                    self.local,
-                    c.hits,
-                    now,
-                    self.debt_cap(&c.limit),
-                    permit,
+                let before = (
+                    entry.state.consumed_by(self.local),
+                    entry.state.requested_by(self.local),
                 );
+                let outcome = if mode.fair > 0 {
+                    // Decide on this node's share; record the counts, never B or F.
+                    let share = shard
+                        .fair
+                        .entry(Packed::of(id))
+                        .or_insert_with(|| FairShare::start(&entry.state, &c.limit, now));
+                    if permit {
+                        share.take(&c.limit, c.hits, now, mode.fair);
+                    }
+                    entry.state.record(self.local, c.hits, permit);
+                    share.outcome(&c.limit, now, mode.fair, permit)
+                } else {
+                    entry.state.charge(
+                        &c.limit,
+                        self.local,
+                        c.hits,
+                        now,
+                        self.debt_cap(&c.limit),
+                        permit,
+                    )
+                };
+                if mode.guard > 0 {
+                    shard.acked.entry(Packed::of(id)).or_insert(before);
+                }
                 if entry.touch(self.cfg.track_dirty) {
                     shard.dirty.push(id);
                 }
@@ -394,6 +556,11 @@ impl Store {
                 .retain(|_, e| !e.state.is_idle(&e.limit, now, horizon));
             let gone = before - shard.map.len();
             counter.fetch_sub(gone, Ordering::Relaxed);
+            if gone > 0 {
+                let map = &shard.map;
+                shard.acked.retain(|k, _| map.contains_key(k));
+                shard.fair.retain(|k, _| map.contains_key(k));
+            }
             if gone > 0 && shard.map.capacity() > 4 * shard.map.len().max(16) {
                 shard.map.shrink_to_fit();
             }
@@ -485,6 +652,12 @@ impl Store {
 
     /// Take the keys changed since the last call (only with `track_dirty`).
     pub fn drain_dirty(&self, out: &mut Vec<KeyId>) {
+        self.drain_dirty_with(|k, _| out.push(k));
+    }
+
+    /// Take the keys changed since the last call, each with this node's own counts
+    /// (consumed, requested) at this moment: what peers will know once they acknowledge it.
+    pub fn drain_dirty_with(&self, mut f: impl FnMut(KeyId, (u64, u64))) {
         for s in self.shards.iter() {
             let mut g = s.0.lock();
             let shard = &mut *g;
@@ -492,11 +665,41 @@ impl Store {
                 if let Some(e) = shard.map.get_mut(&Packed::of(id)) {
                     if e.is_dirty() {
                         e.clean();
-                        out.push(KeyId(id));
+                        let own = (
+                            e.state.consumed_by(self.local),
+                            e.state.requested_by(self.local),
+                        );
+                        f(KeyId(id), own);
                     }
                 }
             }
         }
+    }
+
+    /// Every live peer has acknowledged these own counts: the burst guard no longer holds them
+    /// back, and a key whose counts are all acknowledged leaves the guard's table.
+    pub fn acknowledge(&self, acked: &[(KeyId, (u64, u64))]) {
+        for &(key, (consumed, requested)) in acked {
+            let mut g = self.shards[self.shard_of(key)].0.lock();
+            let shard = &mut *g;
+            let p = Packed::of(key.0);
+            let Some(a) = shard.acked.get_mut(&p) else {
+                continue;
+            };
+            a.0 = a.0.max(consumed);
+            a.1 = a.1.max(requested);
+            let caught_up = shard.map.get(&p).is_none_or(|e| {
+                e.state.consumed_by(self.local) <= a.0 && e.state.requested_by(self.local) <= a.1
+            });
+            if caught_up {
+                shard.acked.remove(&p);
+            }
+        }
+    }
+
+    /// Keys whose own changes wait for acknowledgements (the burst guard's table).
+    pub fn unacked_keys(&self) -> usize {
+        self.shards.iter().map(|s| s.0.lock().acked.len()).sum()
     }
 
     /// Visit every live key, one shard at a time (snapshots for replication, debugging).

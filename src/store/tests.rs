@@ -298,3 +298,104 @@ fn versions_count_changes_and_keep_the_dirty_bit_apart() {
     s.drain_dirty(&mut out);
     assert_eq!(s.version(key("v")), Some(3));
 }
+
+fn tracked() -> Store {
+    Store::new(
+        StoreConfig {
+            track_dirty: true,
+            ..StoreConfig::default()
+        },
+        ReplicaId(0),
+    )
+}
+
+fn per_hour(n: u32) -> Limit {
+    Limit::new(n, n, Unit::Hour).expect("valid")
+}
+
+/// Take single tokens until refused; returns how many were admitted.
+fn take_all(s: &Store, k: &str, limit: Limit, now: i64) -> u64 {
+    let mut n = 0;
+    while s.decide(&[charge(k, limit, 1)], now)[0].charged {
+        n += 1;
+        assert!(n <= 10_000, "never refuses");
+    }
+    n
+}
+
+#[test]
+fn the_burst_guard_holds_a_cold_burst_to_one_share_until_peers_acknowledge() {
+    let s = tracked();
+    let l = per_hour(300);
+    s.set_burst_guard(3, std::time::Duration::from_millis(60));
+    // A cold key: one third of the bucket may be in flight, not all of it.
+    assert_eq!(take_all(&s, "cold", l, T0), 100);
+    assert_eq!(s.unacked_keys(), 1);
+    // The peers acknowledge what was sent: the next share goes through.
+    let mut sent = Vec::new();
+    s.drain_dirty_with(|k, own| sent.push((k, own)));
+    assert_eq!(sent, vec![(key("cold"), (100, 101))]);
+    s.acknowledge(&sent);
+    assert_eq!(s.unacked_keys(), 0);
+    // Its own demand is now known and nobody else asked: the whole rest may go.
+    assert_eq!(take_all(&s, "cold", l, T0), 200);
+}
+
+#[test]
+fn without_the_guard_a_single_node_spends_the_whole_bucket_at_once() {
+    let s = tracked();
+    assert_eq!(take_all(&s, "cold", per_hour(300), T0), 300);
+    assert_eq!(s.unacked_keys(), 0, "nothing tracked with the guard off");
+}
+
+#[test]
+fn the_guard_always_lets_one_request_through_when_nothing_is_in_flight() {
+    let s = tracked();
+    let l = per_hour(300);
+    s.set_burst_guard(3, std::time::Duration::from_millis(60));
+    // 200 tokens in one request is more than a share, but nothing is unacknowledged.
+    assert!(s.decide(&[charge("big", l, 200)], T0)[0].charged);
+    assert!(!s.decide(&[charge("big", l, 1)], T0)[0].charged);
+}
+
+#[test]
+fn fair_share_mode_decides_on_a_share_and_never_writes_the_refill_floor() {
+    let s = tracked();
+    let l = per_hour(300);
+    assert_eq!(
+        s.decide(&[charge("k", l, 60)], T0)[0].outcome.remaining,
+        240
+    );
+    let (_, before) = s.get(key("k")).expect("live");
+    s.set_fair_share(Some(3), T0);
+    // 240 left in the view: 80 for this node.
+    let v = s.decide(&[charge("k", l, 0)], T0);
+    assert_eq!(v[0].outcome.remaining, 80);
+    assert_eq!(take_all(&s, "k", l, T0), 80);
+    let (_, after) = s.get(key("k")).expect("live");
+    assert_eq!(after.base(), before.base(), "B untouched");
+    assert_eq!(after.forgiven(), before.forgiven(), "F untouched");
+    assert_eq!(
+        after.consumed_by(ReplicaId(0)),
+        140,
+        "counts still recorded"
+    );
+    // A peer's spending merged during the mode does not shrink this node's share again.
+    let mut theirs = BucketState::new(after.gen());
+    theirs.record(ReplicaId(1), 50, true);
+    s.merge(key("k"), l, &theirs, T0);
+    assert!(s.decide(&[charge("k", l, 0)], T0)[0].outcome.remaining == 0);
+    // Back to the shared bucket: it holds what the view says.
+    s.set_fair_share(None, T0);
+    assert_eq!(take_all(&s, "k", l, T0), 110);
+}
+
+#[test]
+fn a_fresh_key_in_fair_share_mode_gets_one_share_of_the_capacity() {
+    let s = tracked();
+    s.set_fair_share(Some(4), T0);
+    assert_eq!(take_all(&s, "fresh", per_hour(100), T0), 25);
+    // The share refills at a quarter of the rate: 100/h is one token per 36 s, so 144 s.
+    assert_eq!(take_all(&s, "fresh", per_hour(100), T0 + 143 * SEC), 0);
+    assert_eq!(take_all(&s, "fresh", per_hour(100), T0 + 144 * SEC), 1);
+}

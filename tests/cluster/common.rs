@@ -10,6 +10,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use envoy_types::pb::google::protobuf::UInt64Value;
 use tempfile::TempDir;
 use tollgate::clock::ManualClock;
+use tollgate::replication::faults::Faults;
 use tollgate::server::{self, Running};
 use tollgate::settings::Settings;
 use tonic::transport::Channel;
@@ -66,6 +67,11 @@ impl Node {
 
     pub fn ready(&self) -> bool {
         self.server.readiness.ready()
+    }
+
+    /// Deciding on its local share of every limit (a member is unreachable).
+    pub fn fair_share(&self) -> bool {
+        self.server.limiter.store().fair_share().is_some()
     }
 
     /// Take `hits` from key `value`; returns remaining tokens (None when refused).
@@ -143,6 +149,19 @@ pub struct Cluster {
 impl Cluster {
     /// `n` nodes, each listing every peer port, all on clocks at T0.
     pub async fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, |_| {}).await
+    }
+
+    /// `n` nodes whose links all go through one controllable network.
+    pub async fn start_faulty(n: usize) -> (Cluster, Arc<Faults>) {
+        let faults = Arc::new(Faults::new());
+        let f = faults.clone();
+        let c = Cluster::start_with(n, move |s| s.faults = Some(f.clone())).await;
+        (c, faults)
+    }
+
+    /// `n` nodes with `tweak` applied to every node's settings.
+    pub async fn start_with(n: usize, tweak: impl Fn(&mut Settings)) -> Cluster {
         let dir = tempfile::tempdir().expect("tmp");
         std::fs::write(dir.path().join("c.yaml"), CONFIG).expect("config");
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
@@ -155,14 +174,32 @@ impl Cluster {
                     *p,
                     &ports,
                     ManualClock::new(T0),
-                    |_| {},
+                    &tweak,
                 )
                 .await,
             );
         }
         let c = Cluster { dir, ports, nodes };
         eventually("every node ready", async || c.nodes.iter().all(Node::ready)).await;
+        // The first nodes started before the others answered: they served in fair-share mode
+        // until every member was up and caught up.
+        eventually("no node in fair-share mode", async || {
+            c.nodes.iter().all(|n| !n.fair_share())
+        })
+        .await;
         c
+    }
+
+    /// Converged, and every node's own consumption acknowledged by every peer (the burst
+    /// guard holds nothing back).
+    pub async fn settled(&self) {
+        self.converged().await;
+        eventually("every change acknowledged", async || {
+            self.nodes
+                .iter()
+                .all(|n| n.server.limiter.store().unacked_keys() == 0)
+        })
+        .await;
     }
 
     /// Wait until every node holds the same state for every key.

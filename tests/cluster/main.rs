@@ -4,8 +4,10 @@
 
 mod common;
 mod membership;
+mod network;
 #[path = "../support/ports.rs"]
 mod ports;
 mod processes;
 mod restart;
 mod sync;
+mod tls;

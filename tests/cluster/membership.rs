@@ -180,6 +180,11 @@ async fn a_peer_without_the_cluster_secret_is_refused() {
     )
     .await;
     eventually("a and b ready", async || a.ready() && b.ready()).await;
+    // The refused intruder is no member: a and b do not split the limit on its account.
+    eventually("a and b out of fair-share mode", async || {
+        !a.fair_share() && !b.fair_share()
+    })
+    .await;
     a.take("k", 10).await;
     eventually("b learns from a", async || b.view() == a.view()).await;
     eventually("the intruder is refused", async || {

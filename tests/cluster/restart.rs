@@ -41,7 +41,7 @@ async fn a_restarted_node_comes_back_with_the_cluster_state_not_a_full_bucket() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_not_yet_synced_answers_unavailable_rather_than_a_wrong_decision() {
+async fn a_node_not_yet_synced_answers_unavailable_then_serves_its_fair_share_after_the_timeout() {
     let c = Cluster::start(1).await;
     // A peer that exists and answers, but whose snapshot never comes: the new node must wait
     // for it (up to the sync timeout) instead of deciding from an empty view.
@@ -68,5 +68,9 @@ async fn a_node_not_yet_synced_answers_unavailable_rather_than_a_wrong_decision(
         .expect("readyz");
     assert_eq!(readyz.status().as_u16(), 503);
     eventually("ready after the sync timeout", async || n.ready()).await;
-    assert_eq!(n.take("x", 1).await, Some(99));
+    // Serving without the silent member's state, it decides on its own half of the limit
+    // (fair share) rather than on a bucket the other member may already have spent.
+    assert!(n.fair_share());
+    assert_eq!(n.take("x", 1).await, Some(49));
+    assert_eq!(series(&n.metrics().await, "tollgate_fair_share_mode "), 1.0);
 }

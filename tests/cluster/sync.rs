@@ -26,7 +26,7 @@ async fn consumption_on_every_node_adds_up_to_one_limit() {
     for n in c.nodes.iter_mut() {
         assert!(n.take("shared", 30).await.is_some(), "on {}", n.name);
     }
-    c.converged().await;
+    c.settled().await;
     for n in c.nodes.iter_mut() {
         assert_eq!(n.remaining("shared").await, 10, "on {}", n.name);
     }
