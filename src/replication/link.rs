@@ -451,10 +451,20 @@ async fn session(shared: &Shared, link: &Link, out: &mut Outbox<'_>) -> End {
     let mut inbound = match client.sync(ReceiverStream::new(rx)).await {
         Ok(r) => r.into_inner(),
         Err(s) if s.code() == tonic::Code::AlreadyExists => return End::Myself,
-        Err(s) if s.code() == tonic::Code::Unavailable => {
-            return End::Unreachable(s.message().to_string())
+        // Only the peer's own verdict on our Hello is a refusal; anything else (a connection
+        // cut during the handshake, a proxy closing it) is the network, and a member behind
+        // it is still a member: it must count towards fair-share mode, not drop out.
+        Err(s)
+            if matches!(
+                s.code(),
+                tonic::Code::Unauthenticated
+                    | tonic::Code::FailedPrecondition
+                    | tonic::Code::PermissionDenied
+            ) =>
+        {
+            return End::Refused(format!("{}: {}", s.code(), s.message()))
         }
-        Err(s) => return End::Refused(format!("{}: {}", s.code(), s.message())),
+        Err(s) => return End::Unreachable(format!("{}: {}", s.code(), s.message())),
     };
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
         Ok(Ok(Some(Frame {

@@ -161,3 +161,34 @@ async fn a_node_that_leaves_says_so_and_the_others_keep_the_whole_limit() {
         assert_eq!(n.take("after", 50).await, Some(50), "on {}", n.name);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_connections_are_cut_mid_handshake_counts_as_partitioned_not_refused() {
+    // What a partition looks like through a proxy or a dropping firewall: the TCP connection
+    // opens and dies before any Hello. Only an explicit refusal of our Hello makes a peer a
+    // non-member; this one must put the node in fair-share mode.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            drop(conn);
+        }
+    });
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("c.yaml"), CONFIG).expect("config");
+    let mut n = Node::start(
+        "a",
+        dir.path(),
+        free_port(),
+        &[port],
+        tollgate::clock::ManualClock::new(T0),
+        |s| s.sync_timeout = Duration::from_secs(1),
+    )
+    .await;
+    eventually("ready", async || n.ready()).await;
+    eventually("in fair-share mode", async || n.fair_share()).await;
+    assert_eq!(series(&n.metrics().await, "tollgate_cluster_members"), 2.0);
+    assert_eq!(take_until_refused(&mut n, "k").await, 50);
+}
