@@ -301,10 +301,11 @@ fn replication_settings(s: &Settings) -> anyhow::Result<ReplicationSettings> {
         peer_timeout: s.peer_timeout,
         burst_guard: s.burst_guard,
         faults: s.faults.clone(),
-        advertise_addr: if s.peer_addr.ip().is_unspecified() {
-            String::new()
-        } else {
-            s.peer_addr.to_string()
+        advertise_addr: match s.peer_advertise_addr.as_deref() {
+            Some("none") => String::new(),
+            Some(a) => a.to_string(),
+            None if s.peer_addr.ip().is_unspecified() => String::new(),
+            None => s.peer_addr.to_string(),
         },
         tls,
     })

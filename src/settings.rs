@@ -119,6 +119,11 @@ pub struct ServeArgs {
     /// Peers whose clock is further off are quarantined [default: 100ms]
     #[arg(long, env = "TOLLGATE_MAX_CLOCK_OFFSET", value_name = "DURATION")]
     pub max_clock_offset: Option<String>,
+    /// The peer address other nodes dial to reach this one, announced in its Hello so a new
+    /// member needs to know only one node; "none" announces nothing [default: --peer-addr
+    /// unless it is 0.0.0.0]
+    #[arg(long, env = "TOLLGATE_PEER_ADVERTISE_ADDR", value_name = "HOST:PORT")]
+    pub peer_advertise_addr: Option<String>,
     /// A peer not heard from for this long is treated as partitioned away: every limit is then
     /// split into fair shares until it is back [default: 500ms]
     #[arg(long, env = "TOLLGATE_PEER_TIMEOUT", value_name = "DURATION")]
@@ -175,6 +180,7 @@ pub struct Settings {
     pub cluster_secret_file: Option<PathBuf>,
     #[serde(deserialize_with = "de_duration")]
     pub max_clock_offset: Duration,
+    pub peer_advertise_addr: Option<String>,
     #[serde(deserialize_with = "de_duration")]
     pub peer_timeout: Duration,
     pub burst_guard: bool,
@@ -212,6 +218,7 @@ impl Default for Settings {
             cluster_id: "tollgate".into(),
             cluster_secret_file: None,
             max_clock_offset: Duration::from_millis(100),
+            peer_advertise_addr: None,
             peer_timeout: Duration::from_millis(500),
             burst_guard: true,
             faults: None,
@@ -263,7 +270,7 @@ impl ServeArgs {
         if let Some(path) = &self.settings {
             b = b.add_source(config::File::from(path.as_path()).required(true));
         }
-        let overrides: [(&str, Option<String>); 28] = [
+        let overrides: [(&str, Option<String>); 29] = [
             (
                 "config",
                 self.config.as_ref().map(|p| p.display().to_string()),
@@ -306,6 +313,7 @@ impl ServeArgs {
                     .map(|p| p.display().to_string()),
             ),
             ("max_clock_offset", self.max_clock_offset.clone()),
+            ("peer_advertise_addr", self.peer_advertise_addr.clone()),
             ("peer_timeout", self.peer_timeout.clone()),
             ("burst_guard", self.burst_guard.map(|b| b.to_string())),
             ("peer_tls_cert", path(&self.peer_tls_cert)),
@@ -358,6 +366,17 @@ impl Settings {
             {
                 return Err(SettingsError::Invalid(format!(
                     "peer_dns must be NAME:PORT, got '{dns}'"
+                )));
+            }
+        }
+        if let Some(a) = &self.peer_advertise_addr {
+            if a != "none"
+                && a.rsplit_once(':')
+                    .and_then(|(_, port)| port.parse::<u16>().ok())
+                    .is_none()
+            {
+                return Err(SettingsError::Invalid(format!(
+                    "peer_advertise_addr must be host:port or \"none\", got '{a}'"
                 )));
             }
         }
