@@ -3,6 +3,7 @@
 //! real binary for what only processes can show (kill -9, accuracy under real load).
 
 mod common;
+mod gc;
 mod membership;
 mod network;
 #[path = "../support/ports.rs"]

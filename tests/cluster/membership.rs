@@ -17,7 +17,7 @@ fn config_hash(yaml: &str) -> u64 {
         .fingerprint()
 }
 
-fn hello(node: &str, yaml: &str) -> Frame {
+pub fn hello(node: &str, yaml: &str) -> Frame {
     Frame {
         kind: Some(Kind::Hello(Hello {
             protocol_version: 1,

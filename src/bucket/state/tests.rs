@@ -233,6 +233,145 @@ fn idle_only_after_being_full_for_the_horizon() {
     assert!(s.is_idle(&l, full_at + 60 * SEC, 60 * SEC));
 }
 
+// ---- restart without bootstrap (design section 2, "Restart and join") -----------------------
+
+/// The cluster's state of a key drained every second for 20 s, at 10 per second with a burst
+/// of 10, by two replicas taking turns: created (and its refill floor `B` set) at `start`, it
+/// holds 210 tokens of counts and is full again at `start + 21 s`.
+fn busy_for_twenty_seconds(l: &Limit, start: i64) -> BucketState {
+    let mut s = BucketState::new(crate::bucket::generation_at(start));
+    for i in 0..=20u32 {
+        let who = ReplicaId(1 + i % 2);
+        let o = s.admit(l, who, 10, start + i as i64 * SEC, 10);
+        assert!(o.allowed, "drain at second {i}");
+    }
+    assert_eq!(s.full_at_ns(l), start + 21 * SEC);
+    s
+}
+
+/// A generation begins at this wall time: everything below happens within its 30 s.
+fn generation_start() -> i64 {
+    (T0 / crate::bucket::GEN_PERIOD_NS + 1) * crate::bucket::GEN_PERIOD_NS
+}
+
+#[test]
+fn rebasing_an_empty_view_then_merging_the_old_counts_locks_the_key_out_for_their_sum() {
+    let l = limit(10, 10, Unit::Second);
+    let start = generation_start();
+    let old = busy_for_twenty_seconds(&l, start);
+    // Half a second after the last drain a restarted node that skipped the bootstrap admits
+    // on an empty view, in the key's own generation. No forgiveness cap: this is the raw effect.
+    let t1 = start + 20 * SEC + SEC / 2;
+    assert_eq!(crate::bucket::generation_at(t1), old.gen());
+    assert_eq!(old.tokens(&l, t1), 5, "what the cluster has left");
+    let fresh = ReplicaId(3);
+    let no_cap = u64::MAX / 4;
+    let mut empty = BucketState::new(crate::bucket::generation_at(t1));
+    let o = empty.admit(&l, fresh, 1, t1, no_cap);
+    assert!(o.allowed);
+    assert_eq!(o.remaining, 9, "an empty view sees a full bucket");
+    assert_eq!(empty.base(), l.scaled(t1), "and rebases B to now");
+
+    let newcomer = empty.clone();
+
+    // Then the cluster's counts arrive: with B at t1 all 210 old tokens count as taken at t1.
+    assert!(empty.join(&old));
+    assert_eq!(empty.base(), l.scaled(t1), "B is a max: the rebase stays");
+    assert_eq!(empty.tokens(&l, t1), 10 - 211, "far below zero");
+    assert_eq!(
+        empty.time_until_full(&l, t1),
+        21_100_000_000,
+        "(210 + 1) / r"
+    );
+    // Denied until TAT + 1 token <= t + C tokens: (211 + 1 - 10) / r = 20.2 s, about
+    // sum(old) / r, although the true bucket is full again 0.6 s after t1.
+    let lockout = 20_200_000_000;
+    assert!(!empty.check(&l, 1, t1 + SEC));
+    assert!(!empty.check(&l, 1, t1 + lockout - 1));
+    assert!(empty.check(&l, 1, t1 + lockout));
+    assert!(!empty.admit(&l, fresh, 1, t1 + 10 * SEC, no_cap).allowed);
+
+    // Every other replica gets the same lockout once it merges the newcomer's state.
+    let mut elsewhere = old.clone();
+    assert!(elsewhere.join(&newcomer));
+    assert_eq!(elsewhere.tokens(&l, t1), 10 - 211);
+    assert!(!elsewhere.check(&l, 1, t1 + lockout - 1));
+}
+
+#[test]
+fn merging_the_old_counts_before_the_first_admit_sees_exactly_the_remaining_tokens() {
+    let l = limit(10, 10, Unit::Second);
+    let start = generation_start();
+    let old = busy_for_twenty_seconds(&l, start);
+    let t1 = start + 20 * SEC + SEC / 2;
+    let fresh = ReplicaId(3);
+    // Bootstrapped: the snapshot is merged first, then the node admits.
+    let mut boot = BucketState::default();
+    boot.join(&old);
+    assert_eq!(boot.tokens(&l, t1), 5, "exactly what the cluster has left");
+    let o = boot.admit(&l, fresh, 1, t1, u64::MAX / 4);
+    assert!(o.allowed);
+    assert_eq!(o.remaining, 4);
+    assert_eq!(boot.base(), old.base(), "not full: nothing rebased");
+    assert_eq!(boot.time_until_full(&l, t1), 600_000_000);
+    // No lockout: the next token is there after one token's time.
+    assert!(boot.check(&l, 4, t1));
+    assert!(!boot.check(&l, 5, t1));
+    assert!(boot.check(&l, 10, t1 + 600_000_000));
+    // Merging the old state again (it keeps arriving from other peers) changes nothing.
+    assert!(!boot.join(&old));
+}
+
+#[test]
+fn the_debt_cap_shortens_a_lockout_from_an_unbootstrapped_restart_to_k_tokens() {
+    let l = limit(10, 10, Unit::Second);
+    let start = generation_start();
+    let old = busy_for_twenty_seconds(&l, start);
+    let t1 = start + 20 * SEC + SEC / 2;
+    let fresh = ReplicaId(3);
+    let k = 10; // the store's K: one capacity per other node
+    let mut empty = BucketState::new(crate::bucket::generation_at(t1));
+    empty.admit(&l, fresh, 1, t1, k);
+    empty.join(&old);
+    // The first request after the merge forgives all debt beyond K tokens: TAT = t1 + (C + K)/r,
+    // so the key is back (K + 1) / r = 1.1 s later instead of 20.2 s.
+    assert!(!empty.admit(&l, fresh, 1, t1, k).allowed);
+    assert_eq!(empty.time_until_full(&l, t1), 2 * SEC as u64);
+    assert!(!empty.check(&l, 1, t1 + 1_100_000_000 - 1));
+    assert!(empty.admit(&l, fresh, 1, t1 + 1_100_000_000, k).allowed);
+}
+
+#[test]
+fn an_empty_view_in_a_later_generation_replaces_the_old_counts_instead_of_adding_them() {
+    // The same missing bootstrap 35 s after the key was created (a later generation): the
+    // fresh key's gen wins wholesale, so instead of a lockout the cluster forgets what it
+    // consumed and reads a full bucket. Bootstrapping (merge first) prevents both.
+    let l = limit(10, 10, Unit::Second);
+    let start = generation_start();
+    let mut old = BucketState::new(crate::bucket::generation_at(start));
+    for i in 0..=35u32 {
+        assert!(
+            old.admit(&l, ReplicaId(1 + i % 2), 10, start + i as i64 * SEC, 10)
+                .allowed
+        );
+    }
+    let t2 = start + 35 * SEC;
+    assert_eq!(old.tokens(&l, t2), 0, "the cluster just drained it");
+    assert!(crate::bucket::generation_at(t2) > old.gen());
+    let fresh = ReplicaId(3);
+    let mut empty = BucketState::new(crate::bucket::generation_at(t2));
+    assert!(empty.admit(&l, fresh, 1, t2, 10).allowed);
+    let mut elsewhere = old.clone();
+    assert!(elsewhere.join(&empty));
+    assert_eq!(elsewhere, empty, "the old counts are gone on every replica");
+    assert_eq!(elsewhere.tokens(&l, t2), 9);
+    assert!(!empty.join(&old));
+    // Bootstrapped, the same request is refused: the bucket is empty.
+    let mut boot = BucketState::default();
+    boot.join(&old);
+    assert!(!boot.admit(&l, fresh, 1, t2, 10).allowed);
+}
+
 // ---- properties ----------------------------------------------------------------------------
 
 fn arb_slot() -> impl Strategy<Value = Slot> {
