@@ -392,3 +392,13 @@ def test_image_defaults_to_the_app_version_and_a_digest_wins():
     assert container(render())["image"].endswith(f":{app_version}")
     digest = "sha256:" + "a" * 64
     assert container(render({"image": {"digest": digest}}))["image"].endswith(f"@{digest}")
+
+
+def test_the_peer_service_declares_tls_only_when_mtls_is_on():
+    def peer_port(values):
+        headless = [d for d in render(values) if d["kind"] == "Service" and d["spec"].get("clusterIP") == "None"]
+        assert len(headless) == 1
+        return headless[0]["spec"]["ports"][0]
+
+    assert peer_port({})["appProtocol"] == "kubernetes.io/h2c"
+    assert peer_port(ALL_ON)["appProtocol"] == "https"
