@@ -217,7 +217,12 @@ pub(crate) async fn run(shared: Arc<Shared>, link: Arc<Link>) {
                 return;
             }
             End::Unreachable(e) => {
-                debug!(addr = %link.addr, error = %e, "peer unreachable");
+                // Said once when a peer goes away (or was never there), then quietly retried.
+                if matches!(*link.status.lock(), Status::Unreachable) {
+                    debug!(addr = %link.addr, error = %e, "peer still unreachable");
+                } else {
+                    warn!(addr = %link.addr, error = %e, "peer unreachable; retrying");
+                }
                 link.set_status(Status::Unreachable);
             }
             End::Refused(e) => {
@@ -437,7 +442,7 @@ async fn session(shared: &Shared, link: &Link, out: &mut Outbox<'_>) -> End {
         _ = link.stop.cancelled() => return End::Stopped,
         c = endpoint.connect() => match c {
             Ok(c) => c,
-            Err(e) => return End::Unreachable(e.to_string()),
+            Err(e) => return End::Unreachable(error_chain(&e)),
         },
     };
     let max = shared.settings.max_frame_bytes * 2;
@@ -592,6 +597,19 @@ async fn session(shared: &Shared, link: &Link, out: &mut Outbox<'_>) -> End {
             }
         }
     }
+}
+
+/// An error with its causes: "transport error" alone does not say that a certificate was
+/// refused or a connection reset.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 fn frame(kind: Kind) -> Frame {
