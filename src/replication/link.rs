@@ -73,13 +73,18 @@ pub(crate) struct Link {
     /// The peer's node name when last connected (kept while it is away).
     last_node: Mutex<Option<String>>,
     /// Last ack or pong from the peer.
-    last_heard: Mutex<Option<Instant>>,
+    last_heard: Mutex<Instant>,
     /// Every fan-out round up to this one is acknowledged by the peer.
     acked_round: AtomicU64,
     /// The round at the last (re)connection: the peer is resynced once it acked this far.
     resync_round: AtomicU64,
     /// Dialed because a peer announced this address, not because it is configured.
     pub learned: bool,
+    /// Keys were added to `dirty`: send now rather than at the link's next tick, so a change
+    /// waits for one sync interval, not up to two.
+    pub pushed: tokio::sync::Notify,
+    /// The peer dialed us: stop waiting out the reconnect backoff.
+    pub wake: tokio::sync::Notify,
     unacked: AtomicUsize,
     oldest_unacked: Mutex<Option<Instant>>,
     pub stop: CancellationToken,
@@ -106,10 +111,14 @@ impl Link {
             status: Mutex::new(Status::Trying),
             known_incarnation: Mutex::new(None),
             last_node: Mutex::new(None),
-            last_heard: Mutex::new(None),
+            // A new link gets one peer timeout to answer before its peer counts as gone: adding
+            // a member (learned from a Hello, or from DNS) must not flap fair-share mode.
+            last_heard: Mutex::new(Instant::now()),
             acked_round: AtomicU64::new(0),
             resync_round: AtomicU64::new(u64::MAX),
             learned,
+            pushed: tokio::sync::Notify::new(),
+            wake: tokio::sync::Notify::new(),
             unacked: AtomicUsize::new(0),
             oldest_unacked: Mutex::new(None),
             stop,
@@ -144,15 +153,14 @@ impl Link {
         !matches!(*self.status.lock(), Status::Myself | Status::Refused)
     }
 
-    /// Heard from within `timeout` (a link never connected is not alive).
+    /// Heard from within `timeout` (a link that never connected is alive only for its first
+    /// `timeout`).
     pub fn alive(&self, now: Instant, timeout: Duration) -> bool {
-        self.last_heard
-            .lock()
-            .is_some_and(|t| now.saturating_duration_since(t) < timeout)
+        now.saturating_duration_since(*self.last_heard.lock()) < timeout
     }
 
     fn heard(&self) {
-        *self.last_heard.lock() = Some(Instant::now());
+        *self.last_heard.lock() = Instant::now();
     }
 
     pub fn acked_round(&self) -> u64 {
@@ -240,6 +248,8 @@ pub(crate) async fn run(shared: Arc<Shared>, link: Arc<Link>) {
         tokio::select! {
             _ = link.stop.cancelled() => return,
             _ = tokio::time::sleep(backoff) => {}
+            // A peer that just dialed us is up: no reason to wait up to a second to answer.
+            _ = link.wake.notified() => {}
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
@@ -539,7 +549,12 @@ async fn session(shared: &Shared, link: &Link, out: &mut Outbox<'_>) -> End {
     loop {
         tokio::select! {
             _ = link.stop.cancelled() => return End::Stopped,
-            _ = tick.tick() => {
+            _ = async {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = link.pushed.notified() => {}
+                }
+            } => {
                 if cut() {
                     return End::Broken("cut off by the test network".into());
                 }

@@ -292,6 +292,9 @@ impl Shared {
             }
         }
         self.round.store(round, Ordering::Release);
+        for link in self.links.lock().values() {
+            link.pushed.notify_one();
+        }
     }
 
     /// Apply the acknowledgements of every round all live members have acknowledged: the
@@ -442,6 +445,17 @@ impl Shared {
         }
         if self.add_link(&mut self.links.lock(), addr, true, stop) {
             info!(%addr, "learned a new peer");
+        }
+    }
+
+    /// A peer dialed us: if our link to it is waiting out a reconnect backoff, retry now.
+    pub fn wake(&self, node: &str, addr: &str) {
+        for l in self.links.lock().values() {
+            if l.connected_node().is_none()
+                && (l.addr == addr || l.last_node().as_deref() == Some(node))
+            {
+                l.wake.notify_one();
+            }
         }
     }
 

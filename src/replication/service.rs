@@ -109,6 +109,7 @@ impl Replication for PeerService {
         }
         shared.left.lock().remove(&hello.node);
         shared.learn(&hello.advertise_addr, &self.stop);
+        shared.wake(&hello.node, &hello.advertise_addr);
         let (tx, rx) = mpsc::channel(64);
         tx.send(Ok(frame(Kind::Hello(shared.hello()))))
             .await
@@ -184,7 +185,10 @@ async fn receive(
                 };
                 keys_in.increment(decoded.len() as u64);
                 let now = shared.now();
-                let mut suppress = Vec::new();
+                // Held across the whole frame: a fan-out that drains these keys mid-frame then
+                // waits here and finds every one's no-echo mark (otherwise up to a few % of a
+                // snapshot went straight back to its sender).
+                let mut suppress = shared.suppress.lock();
                 for (key, limit, state) in &decoded {
                     if let Merged::Applied {
                         changed,
@@ -195,17 +199,12 @@ async fn receive(
                         if changed {
                             shared.metrics.merges.increment(1);
                             if sender_is_current {
-                                suppress.push((*key, version));
+                                suppress.insert(*key, (node.clone(), version));
                             }
                         }
                     }
                 }
-                if !suppress.is_empty() {
-                    let mut s = shared.suppress.lock();
-                    for (k, v) in suppress {
-                        s.insert(k, (node.clone(), v));
-                    }
-                }
+                drop(suppress);
                 Kind::Ack(Ack { seq: d.seq })
             }
             Some(Kind::SnapshotEnd(e)) => {

@@ -95,6 +95,7 @@ async fn a_fourth_node_joins_knowing_one_member_and_gets_everything() {
     )
     .await;
     eventually("joiner ready", async || fourth.ready()).await;
+    eventually("joiner out of fair-share mode", async || !fourth.fair_share()).await;
     assert_eq!(
         fourth.remaining("before").await,
         30,

@@ -113,7 +113,9 @@ async fn without_the_burst_guard_a_slow_network_over_admits() {
     // The negative: the same burst with the guard off spends the bucket about once per node.
     let unguarded = burst_with_slow_network(false).await;
     eprintln!("guard off: admitted {unguarded} of 100");
-    assert!(unguarded > 150, "guard off: admitted {unguarded} of 100");
+    // How far past the limit depends on how many requests fit in the lag, so only ask for
+    // clearly more than the guard's worst case (106).
+    assert!(unguarded > 125, "guard off: admitted {unguarded} of 100");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,7 +160,8 @@ async fn a_node_that_leaves_says_so_and_the_others_keep_the_whole_limit() {
     for n in c.nodes.iter_mut() {
         assert!(!n.fair_share(), "{} in fair-share mode", n.name);
         assert_eq!(series(&n.metrics().await, "tollgate_cluster_members"), 2.0);
-        assert_eq!(n.take("after", 50).await, Some(50), "on {}", n.name);
+        let key = format!("after-{}", n.name);
+        assert_eq!(n.take(&key, 50).await, Some(50), "on {}", n.name);
     }
 }
 
