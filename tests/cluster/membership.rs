@@ -95,7 +95,10 @@ async fn a_fourth_node_joins_knowing_one_member_and_gets_everything() {
     )
     .await;
     eventually("joiner ready", async || fourth.ready()).await;
-    eventually("joiner out of fair-share mode", async || !fourth.fair_share()).await;
+    eventually("joiner out of fair-share mode", async || {
+        !fourth.fair_share()
+    })
+    .await;
     assert_eq!(
         fourth.remaining("before").await,
         30,
