@@ -44,7 +44,7 @@ pub fn decide(
         ));
     }
     let result = limiter.should_rate_limit(req);
-    metrics.latency.record(start.elapsed().as_secs_f64());
+    metrics.latency.record(start.elapsed());
     match result {
         Ok(r) => {
             metrics.request(Answer::Ok);

@@ -26,7 +26,7 @@ use crate::rls::{self, RateLimitServiceServer, RlsService};
 use crate::settings::Settings;
 use crate::store::{Store, StoreConfig};
 
-/// How often idle keys are collected and histogram samples folded into buckets.
+/// How often idle keys are collected.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A started server: its bound addresses, and the handle that stops it.
@@ -325,7 +325,6 @@ async fn housekeeping(limiter: Arc<Limiter>, stop: CancellationToken) {
                 if removed > 0 {
                     tracing::debug!(removed, "collected idle keys");
                 }
-                limiter.metrics().upkeep();
             }
         }
     }

@@ -10,27 +10,19 @@
 //! one that will be full last: each rule keeps the latest "full again at" time seen on the
 //! request path, and the gauges are computed from it at scrape time.
 
+mod latency;
 mod rule;
 
 use std::sync::Arc;
 
-use metrics::{
-    Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, SharedString,
-};
-use metrics_exporter_prometheus::{
-    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
-};
+use metrics::{Counter, Gauge, Key, KeyName, Label, Level, Metadata, Recorder, SharedString};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+pub use latency::LatencyHistogram;
 
 pub use rule::RuleStats;
 
 const META: Metadata<'static> = Metadata::new("tollgate", Level::INFO, None);
-
-/// Latency buckets for ShouldRateLimit, in seconds: the service answers in microseconds, the
-/// tail is what matters.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
-    0.25, 1.0,
-];
 
 /// gRPC codes ShouldRateLimit answers with, as label values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +48,7 @@ pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     requests: [Counter; 4],
-    pub latency: Histogram,
+    pub latency: LatencyHistogram,
     pub unknown_domain: Counter,
     pub config_loads_ok: Counter,
     pub config_loads_failed: Counter,
@@ -68,13 +60,7 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Arc<Metrics> {
-        let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(
-                Matcher::Full("tollgate_request_duration_seconds".into()),
-                LATENCY_BUCKETS,
-            )
-            .expect("static, non-empty bucket list")
-            .build_recorder();
+        let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         describe(&recorder);
         let c = |name: &'static str, labels: &[(&'static str, &'static str)]| {
@@ -97,8 +83,10 @@ impl Metrics {
         version.set(1.0);
         Arc::new(Metrics {
             requests,
-            latency: recorder
-                .register_histogram(&key("tollgate_request_duration_seconds", &[]), &META),
+            latency: LatencyHistogram::new(
+                "tollgate_request_duration_seconds",
+                "Time to decide a ShouldRateLimit call, in seconds.",
+            ),
             unknown_domain: c("tollgate_unknown_domain_total", &[]),
             config_loads_ok: c("tollgate_config_loads_total", &[("result", "ok")]),
             config_loads_failed: c("tollgate_config_loads_total", &[("result", "failed")]),
@@ -135,14 +123,11 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        self.handle.render()
+        let mut out = self.handle.render();
+        self.latency.render(&mut out);
+        out
     }
 
-    /// Drain histogram samples into their buckets; must run periodically or samples pile up
-    /// between scrapes.
-    pub fn upkeep(&self) {
-        self.handle.run_upkeep();
-    }
 }
 
 fn key(name: &'static str, labels: &[(&'static str, &'static str)]) -> Key {
@@ -185,9 +170,4 @@ fn describe(r: &PrometheusRecorder) {
     for (name, help) in gauges {
         r.describe_gauge(name, None, help);
     }
-    r.describe_histogram(
-        KeyName::from("tollgate_request_duration_seconds"),
-        Some(metrics::Unit::Seconds),
-        SharedString::from("Time to decide a ShouldRateLimit call, in seconds."),
-    );
 }
