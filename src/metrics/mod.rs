@@ -127,7 +127,6 @@ impl Metrics {
         self.latency.render(&mut out);
         out
     }
-
 }
 
 fn key(name: &'static str, labels: &[(&'static str, &'static str)]) -> Key {
