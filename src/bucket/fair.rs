@@ -67,6 +67,13 @@ impl FairShare {
         );
     }
 
+    /// True once the share has been full since `now - horizon_ns`. GC keeps a key whose share
+    /// is still in use even when the shared view reads full: in fair-share mode the shared
+    /// refill floor does not move, so the view falls behind what the share spent.
+    pub fn is_idle(&self, limit: &Limit, now: i64, horizon_ns: i64) -> bool {
+        self.tat() <= limit.scaled(now.saturating_sub(horizon_ns))
+    }
+
     /// What to answer: remaining tokens of the share and when it is full again.
     pub fn outcome(&self, limit: &Limit, now: i64, members: u32, allowed: bool) -> Outcome {
         let t = limit.scaled(now);

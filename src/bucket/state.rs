@@ -334,6 +334,19 @@ impl BucketState {
         }
     }
 
+    /// Start the refill floor of a key this node just created, as a first charge on the shared
+    /// bucket would (`B` up to `now` when the bucket reads full). Fair-share mode calls it for
+    /// keys it creates: otherwise their counts sit on a floor of zero, the state reads as a
+    /// bucket full since 1970, and GC deletes the key (and peers drop it) along with what was
+    /// admitted on it. For a key that already has a floor this changes nothing.
+    pub fn open_at(&mut self, limit: &Limit, now: i64) {
+        let t = limit.scaled(now);
+        let tat = self.tat(limit);
+        if tat < t && self.base() == 0 {
+            self.base = Wide::of(self.base().saturating_add(t.saturating_sub(tat)));
+        }
+    }
+
     /// Tokens this replica was asked for on this key.
     pub fn requested_by(&self, who: ReplicaId) -> u64 {
         self.slots

@@ -143,6 +143,10 @@ impl Link {
         *self.status.lock() != Status::Trying
     }
 
+    pub fn mark_myself(&self) {
+        self.set_status(Status::Myself);
+    }
+
     pub fn is_myself(&self) -> bool {
         *self.status.lock() == Status::Myself
     }

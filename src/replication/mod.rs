@@ -255,13 +255,19 @@ impl Shared {
         buf.clear();
         let mut counts = Vec::new();
         let guard = self.settings.burst_guard;
+        // Taken before the dirty keys, and held while draining them: a frame being merged holds
+        // this lock, so the drain sees either none or all of a frame's keys together with their
+        // no-echo marks (taking the marks after the drain would consume the marks of keys that
+        // only the next round drains, and those keys would go back to their sender).
+        let mut marks = self.suppress.lock();
         self.store.drain_dirty_with(|k, own| {
             buf.push(k);
             if guard {
                 counts.push((k, own));
             }
         });
-        let suppress = std::mem::take(&mut *self.suppress.lock());
+        let suppress = std::mem::take(&mut *marks);
+        drop(marks);
         if buf.is_empty() {
             return;
         }
@@ -476,6 +482,13 @@ impl Shared {
             learned,
             stop.child_token(),
         ));
+        if addr == self.settings.advertise_addr {
+            // Our own address in --peers: known without dialing, so it never counts as a
+            // member, not even for the moment before the dial would tell.
+            l.mark_myself();
+            links.insert(addr.to_string(), l);
+            return true;
+        }
         links.insert(addr.to_string(), l.clone());
         tokio::spawn(link::run(self.clone(), l));
         true

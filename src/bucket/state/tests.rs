@@ -531,3 +531,27 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_key_opened_and_recorded_in_fair_share_mode_keeps_its_admissions() {
+    let l = limit(10, 10, Unit::Hour);
+    // Without a floor, counts alone read as a bucket full since 1970: GC would delete the key.
+    let mut bare = BucketState::new(0);
+    bare.record(ME, 5, true);
+    assert!(bare.is_idle(&l, T0, 0));
+    let mut opened = BucketState::new(0);
+    opened.open_at(&l, T0);
+    opened.record(ME, 5, true);
+    assert!(!opened.is_idle(&l, T0, 0));
+    assert_eq!(opened.tokens(&l, T0), 5);
+}
+
+#[test]
+fn opening_a_key_that_has_a_floor_changes_nothing() {
+    let l = limit(10, 10, Unit::Hour);
+    let mut s = BucketState::new(0);
+    s.admit(&l, ME, 3, T0, 10);
+    let before = s.clone();
+    s.open_at(&l, T0 + 3600 * SEC);
+    assert_eq!(s, before);
+}
