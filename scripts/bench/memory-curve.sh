@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Heap bytes per live key as the store grows (a check of BENCHMARKS.md figure 4's inference that
-# 1M keys sits just past a hash-table growth step). Builds a throwaway program in a temp dir
-# that links this repo's `tollgate` library through its public store API, with the same
-# counting allocator and key scheme as benches/store.rs, and prints bytes per key at several
-# key counts. Nothing in the repo is written except target/bench/memory-curve-target (cargo's
-# build dir for the throwaway program).
+# Heap bytes per live key as the store grows (BENCHMARKS.md figure 4: the store's tables grow in
+# steps, so one key count says little). Builds a throwaway program in a temp dir that links this
+# repo's `tollgate` library through its public store API, with the same counting allocator and
+# key scheme as benches/store.rs, and prints bytes per key, and the time to create the keys, at
+# several key counts. Nothing in the repo is written except target/bench/memory-curve-target
+# (cargo's build dir for the throwaway program).
 #
-#   scripts/bench/memory-curve.sh [N1,N2,...]      # default 500000,800000,900000,917000,950000,1000000,1500000,2000000
+#   scripts/bench/memory-curve.sh [N1,N2,...]      # default 500000,800000,900000,917000,950000,1000000,1200000,1500000,2000000
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-counts="${1:-500000,800000,900000,917000,950000,1000000,1500000,2000000}"
+counts="${1:-500000,800000,900000,917000,950000,1000000,1200000,1500000,2000000}"
 dir="$(mktemp -d /tmp/tollgate-memory-curve.XXXXXX)"
 trap 'rm -rf "$dir"' EXIT
 mkdir -p "$dir/src"
@@ -53,13 +53,15 @@ fn main() {
     let limit = Limit::new(1_000, 1_000, Unit::Second).expect("valid");
     for n in counts {
         let before = LIVE.load(Ordering::Relaxed);
+        let start = std::time::Instant::now();
         let s = Store::new(StoreConfig::default(), ReplicaId(0));
         for i in 0..n {
             let k = KeyBuilder::new("bench").str("user").u64(i).finish();
             s.decide(&[Charge { key: k, limit, hits: 1, enforce: true }], 1_700_000_000_000_000_000);
         }
+        let took = start.elapsed();
         let bytes = (LIVE.load(Ordering::Relaxed) - before) as f64 / n as f64;
-        println!("{n} keys ({} live): {bytes:.1} heap bytes per live key (key id included)", s.live_keys());
+        println!("{n} keys ({} live): {bytes:.1} heap bytes per live key (key id included), created in {} ms", s.live_keys(), took.as_millis());
     }
 }
 RS

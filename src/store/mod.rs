@@ -9,19 +9,24 @@
 //! Memory is bounded: beyond `max_keys` live keys, a new key is answered from one of a fixed
 //! number of shared overflow buckets of its limit (stricter than its own bucket, never
 //! unlimited); when even the overflow table is full, it is refused. Both are counted.
+//!
+//! Memory per key is even: a shard keeps its keys in a table of its own (`table.rs`) that grows
+//! by a quarter when 7/8 full, not a `HashMap` that doubles (with 256 equal shards, every shard
+//! doubles at the same key count and the whole store pays ~2x for a while). A live key costs
+//! 120-150 heap bytes, its 16-byte id included, at any count (BENCHMARKS.md figure 4).
 
 mod key;
+mod table;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::{Mutex, MutexGuard};
 use smallvec::SmallVec;
 
 pub use key::{KeyBuilder, KeyId};
+use table::{Packed, Pos, Side, Table};
 
 use crate::bucket::{generation_at, BucketState, FairShare, Guard, Limit, Outcome, ReplicaId};
 
@@ -150,53 +155,9 @@ impl Entry {
     }
 }
 
-/// Key ids are already uniform hashes: use their low bits as the hash, no rehashing.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8) | b as u64;
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-/// A key id as the table stores it: two words, 8-byte aligned (a `u128` key would align every
-/// entry to 16 bytes and pad it by 8).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Packed([u64; 2]);
-
-impl Packed {
-    fn of(id: u128) -> Packed {
-        Packed([id as u64, (id >> 64) as u64])
-    }
-
-    fn id(self) -> u128 {
-        (self.0[1] as u128) << 64 | self.0[0] as u128
-    }
-}
-
-impl std::hash::Hash for Packed {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        // Already a uniform hash: the low word is the table hash (the high word picks the shard).
-        state.write_u64(self.0[0]);
-    }
-}
-
-type Map = HashMap<Packed, Entry, BuildHasherDefault<IdHasher>>;
-
-type Side<T> = HashMap<Packed, T, BuildHasherDefault<IdHasher>>;
-
 #[derive(Default)]
 struct Shard {
-    map: Map,
+    map: Table<Entry>,
     dirty: Vec<u128>,
     /// Burst guard: this node's own (consumed, requested) on a key as of the last changes all
     /// live peers acknowledged. Only keys with unacknowledged own changes are here, so the
@@ -309,7 +270,7 @@ impl Store {
                     shard
                         .map
                         .iter()
-                        .map(|(k, e)| (*k, FairShare::start(&e.state, &e.limit, now))),
+                        .map(|(k, e)| (Packed::of(k), FairShare::start(&e.state, &e.limit, now))),
                 );
             } else {
                 shard.fair.shrink_to_fit();
@@ -389,30 +350,34 @@ impl Store {
         let mut overflow: Option<MutexGuard<'_, Shard>> = None;
         let mode = self.mode();
 
-        // Where each charge lives, and whether it fits.
-        let mut slots: SmallVec<[(Placement, u128); 4]> = SmallVec::new();
+        // Where each charge lives (and where its entry is, if it has one), and whether it fits.
+        // A position is valid until its table changes: the second pass looks again once it
+        // has created a key.
+        let mut slots: SmallVec<[(Placement, u128, Option<Pos>); 4]> = SmallVec::new();
         let mut all_fit = true;
         let mut fits: SmallVec<[bool; 4]> = SmallVec::new();
         for c in charges {
             let g = shard_guard(&mut guards, self.shard_of(c.key));
             // Existing keys, reads (which create nothing) and keys under the cap have their own
             // bucket; others share an overflow bucket of their limit.
-            let own = g.map.contains_key(&Packed::of(c.key.0))
+            let pos = g.map.find(c.key.0);
+            let own = pos.is_some()
                 || c.hits == 0
                 || self.live.load(Ordering::Relaxed) < self.cfg.max_keys;
-            let (placement, id) = if own {
-                (Placement::Own, c.key.0)
+            let (placement, id, pos) = if own {
+                (Placement::Own, c.key.0, pos)
             } else {
                 let id = c
                     .key
                     .overflow_id(&c.limit, self.cfg.overflow_buckets_per_limit);
                 let o = overflow.get_or_insert_with(|| self.overflow.lock());
-                if o.map.contains_key(&Packed::of(id))
+                let pos = o.map.find(id);
+                if pos.is_some()
                     || self.overflow_live.load(Ordering::Relaxed) < self.cfg.max_overflow_keys
                 {
-                    (Placement::Shared, id)
+                    (Placement::Shared, id, pos)
                 } else {
-                    (Placement::Refused, id)
+                    (Placement::Refused, id, None)
                 }
             };
             // Two descriptors of one request can land on the same bucket (the same key twice,
@@ -427,27 +392,28 @@ impl Store {
             let fit = match placement {
                 Placement::Refused => false,
                 Placement::Own => {
-                    let state = g.map.get(&Packed::of(id)).map(|e| &e.state);
+                    let state = pos.map(|p| &g.map.at(p).state);
                     self.fits(g, id, state, &c.limit, hits, now, mode)
                 }
-                Placement::Shared => overflow
-                    .as_ref()
-                    .and_then(|o| o.map.get(&Packed::of(id)))
-                    .is_none_or(|e| e.state.check(&c.limit, hits, now)),
+                Placement::Shared => match (pos, overflow.as_ref()) {
+                    (Some(p), Some(o)) => o.map.at(p).state.check(&c.limit, hits, now),
+                    _ => true,
+                },
             };
             // A fresh bucket holds C tokens: it fits iff hits <= C.
             let fit = fit && hits <= c.limit.capacity() as u64;
             if c.enforce && !fit {
                 all_fit = false;
             }
-            slots.push((placement, id));
+            slots.push((placement, id, pos));
             fits.push(fit);
         }
 
         let gen = generation_at(now);
         let mut verdicts = SmallVec::new();
+        let mut created = false;
         for (i, c) in charges.iter().enumerate() {
-            let (placement, id) = slots[i];
+            let (placement, id, pos) = slots[i];
             let within = fits[i];
             let permit = within && all_fit;
             let shard = match placement {
@@ -472,9 +438,12 @@ impl Store {
                 Placement::Own => mode,
                 _ => Mode::default(),
             };
+            // A created key may have been this one (the same key twice in a request), or may
+            // have grown its table and moved every entry.
+            let pos = if created { shard.map.find(id) } else { pos };
             let outcome = if c.hits == 0 {
                 let fresh = BucketState::new(gen);
-                let state = shard.map.get(&Packed::of(id)).map_or(&fresh, |e| &e.state);
+                let state = pos.map_or(&fresh, |p| &shard.map.at(p).state);
                 if mode.fair > 0 {
                     shard
                         .fair
@@ -490,14 +459,17 @@ impl Store {
                     Placement::Shared => &self.overflow_live,
                     _ => &self.live,
                 };
-                let entry = shard.map.entry(Packed::of(id)).or_insert_with(|| {
+                let pos = pos.unwrap_or_else(|| {
                     counter.fetch_add(1, Ordering::Relaxed);
-                    Entry {
+                    created = true;
+                    let entry = Entry {
                         state: BucketState::new(gen),
                         limit: c.limit,
                         version: 0,
-                    }
+                    };
+                    shard.map.insert(id, entry)
                 });
+                let entry = shard.map.at_mut(pos);
                 let before = (
                     entry.state.consumed_by(self.local),
                     entry.state.requested_by(self.local),
@@ -550,19 +522,15 @@ impl Store {
         let horizon = self.cfg.gc_horizon_ns;
         let mut removed = 0;
         let mut sweep = |shard: &mut Shard, counter: &AtomicUsize| {
-            let before = shard.map.len();
-            shard
+            let gone = shard
                 .map
-                .retain(|_, e| !e.state.is_idle(&e.limit, now, horizon));
-            let gone = before - shard.map.len();
+                .retain(|e| !e.state.is_idle(&e.limit, now, horizon));
             counter.fetch_sub(gone, Ordering::Relaxed);
             if gone > 0 {
                 let map = &shard.map;
-                shard.acked.retain(|k, _| map.contains_key(k));
-                shard.fair.retain(|k, _| map.contains_key(k));
-            }
-            if gone > 0 && shard.map.capacity() > 4 * shard.map.len().max(16) {
-                shard.map.shrink_to_fit();
+                shard.acked.retain(|k, _| map.contains(k.id()));
+                shard.fair.retain(|k, _| map.contains(k.id()));
+                shard.map.shrink();
             }
             removed += gone;
         };
@@ -578,7 +546,7 @@ impl Store {
     pub fn merge(&self, key: KeyId, limit: Limit, state: &BucketState, now: i64) -> Merged {
         let mut g = self.shards[self.shard_of(key)].0.lock();
         let shard = &mut *g;
-        match shard.map.get_mut(&Packed::of(key.0)) {
+        match shard.map.get_mut(key.0) {
             Some(e) => {
                 if e.limit != limit {
                     // The same key id with another limit cannot come from the same rule: the
@@ -609,7 +577,7 @@ impl Store {
                     shard.dirty.push(key.0);
                 }
                 let version = e.version();
-                shard.map.insert(Packed::of(key.0), e);
+                shard.map.insert(key.0, e);
                 Merged::Applied {
                     changed: true,
                     sender_is_current: true,
@@ -629,8 +597,8 @@ impl Store {
     pub fn for_each_in_shard(&self, shard: usize, mut f: impl FnMut(KeyId, &Limit, &BucketState)) {
         if let Some(s) = self.shards.get(shard) {
             let g = s.0.lock();
-            for (id, e) in &g.map {
-                f(KeyId(id.id()), &e.limit, &e.state);
+            for (id, e) in g.map.iter() {
+                f(KeyId(id), &e.limit, &e.state);
             }
         }
     }
@@ -638,16 +606,14 @@ impl Store {
     /// A copy of one key's state and limit.
     pub fn get(&self, key: KeyId) -> Option<(Limit, BucketState)> {
         let g = self.shards[self.shard_of(key)].0.lock();
-        g.map
-            .get(&Packed::of(key.0))
-            .map(|e| (e.limit, e.state.clone()))
+        g.map.get(key.0).map(|e| (e.limit, e.state.clone()))
     }
 
     /// How many times a key changed (wrapping, 31 bits): replication compares it with the
     /// version a peer acknowledged.
     pub fn version(&self, key: KeyId) -> Option<u32> {
         let g = self.shards[self.shard_of(key)].0.lock();
-        g.map.get(&Packed::of(key.0)).map(Entry::version)
+        g.map.get(key.0).map(Entry::version)
     }
 
     /// Take the keys changed since the last call (only with `track_dirty`).
@@ -662,7 +628,7 @@ impl Store {
             let mut g = s.0.lock();
             let shard = &mut *g;
             for id in shard.dirty.drain(..) {
-                if let Some(e) = shard.map.get_mut(&Packed::of(id)) {
+                if let Some(e) = shard.map.get_mut(id) {
                     if e.is_dirty() {
                         e.clean();
                         let own = (
@@ -688,7 +654,7 @@ impl Store {
             };
             a.0 = a.0.max(consumed);
             a.1 = a.1.max(requested);
-            let caught_up = shard.map.get(&p).is_none_or(|e| {
+            let caught_up = shard.map.get(key.0).is_none_or(|e| {
                 e.state.consumed_by(self.local) <= a.0 && e.state.requested_by(self.local) <= a.1
             });
             if caught_up {
@@ -706,8 +672,8 @@ impl Store {
     pub fn for_each(&self, mut f: impl FnMut(KeyId, &Limit, &BucketState)) {
         for s in self.shards.iter() {
             let g = s.0.lock();
-            for (id, e) in &g.map {
-                f(KeyId(id.id()), &e.limit, &e.state);
+            for (id, e) in g.map.iter() {
+                f(KeyId(id), &e.limit, &e.state);
             }
         }
     }
