@@ -470,6 +470,11 @@ impl Store {
                     shard.map.insert(id, entry)
                 });
                 let entry = shard.map.at_mut(pos);
+                if created && mode.fair > 0 {
+                    // Its counts need a floor to stand on, or the key reads as long full and GC
+                    // (and every peer) drops it with what was admitted on it.
+                    entry.state.open_at(&c.limit, now);
+                }
                 let before = (
                     entry.state.consumed_by(self.local),
                     entry.state.requested_by(self.local),
@@ -522,9 +527,15 @@ impl Store {
         let horizon = self.cfg.gc_horizon_ns;
         let mut removed = 0;
         let mut sweep = |shard: &mut Shard, counter: &AtomicUsize| {
-            let gone = shard
-                .map
-                .retain(|e| !e.state.is_idle(&e.limit, now, horizon));
+            // In fair-share mode the shared view stops moving its refill floor and falls behind
+            // what the local share spent: a key whose share is still in use stays.
+            let fair = &shard.fair;
+            let gone = shard.map.retain(|k, e| {
+                !e.state.is_idle(&e.limit, now, horizon)
+                    || fair
+                        .get(&Packed::of(k))
+                        .is_some_and(|f| !f.is_idle(&e.limit, now, horizon))
+            });
             counter.fetch_sub(gone, Ordering::Relaxed);
             if gone > 0 {
                 let map = &shard.map;

@@ -233,7 +233,7 @@ impl<T> Table<T> {
     }
 
     /// Keep the values `keep` says yes to, each seen once; returns how many were removed.
-    pub(super) fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) -> usize {
+    pub(super) fn retain(&mut self, mut keep: impl FnMut(u128, &T) -> bool) -> usize {
         let n = self.buckets();
         // Start just after an empty bucket: no run of full buckets wraps around the start, so a
         // removal only moves back slots not yet seen.
@@ -243,7 +243,10 @@ impl<T> Table<T> {
         let mut removed = 0;
         for step in 1..=n {
             let i = (empty + step) % n;
-            while self.slots[i].as_ref().is_some_and(|s| !keep(&s.value)) {
+            while self.slots[i]
+                .as_ref()
+                .is_some_and(|s| !keep(s.key.id(), &s.value))
+            {
                 self.remove(i);
                 removed += 1;
             }
@@ -320,7 +323,7 @@ mod tests {
         t.insert(a, 1);
         t.insert(b, 2);
         assert_eq!((t.get(a), t.get(b)), (Some(&1), Some(&2)));
-        assert_eq!(t.retain(|&v| v == 2), 1);
+        assert_eq!(t.retain(|_, &v| v == 2), 1);
         assert_eq!((t.get(a), t.get(b)), (None, Some(&2)));
     }
 
@@ -340,7 +343,7 @@ mod tests {
     #[test]
     fn removing_everything_gives_the_memory_back() {
         let mut t = filled(1_000);
-        assert_eq!(t.retain(|_| false), 1_000);
+        assert_eq!(t.retain(|_, _| false), 1_000);
         assert_eq!(t.len, 0);
         t.shrink();
         assert_eq!(t.buckets(), 0);
@@ -352,7 +355,7 @@ mod tests {
     #[test]
     fn removing_some_keeps_the_others_reachable_and_shrinks_when_sparse() {
         let mut t = filled(10_000);
-        assert_eq!(t.retain(|v| v % 10 == 0), 9_000);
+        assert_eq!(t.retain(|_, v| v % 10 == 0), 9_000);
         assert_consistent(&t);
         for i in 0..10_000 {
             assert_eq!(t.get(id(i)).is_some(), i % 10 == 0, "{i}");
@@ -392,7 +395,7 @@ mod tests {
                     }
                 } else {
                     let mut seen = 0;
-                    let n = t.retain(|&v| {
+                    let n = t.retain(|_, &v| {
                         seen += 1;
                         v != k
                     });

@@ -438,3 +438,50 @@ fn a_request_that_grows_its_table_still_charges_its_other_keys() {
         Some(999)
     );
 }
+
+#[test]
+fn a_key_created_in_fair_share_mode_keeps_its_admissions_through_gc_and_replication() {
+    let s = tracked();
+    let l = per_hour(10);
+    s.set_fair_share(Some(2), T0);
+    assert_eq!(take_all(&s, "new", l, T0), 5);
+    // Not idle: GC keeps it, and a peer with no such key takes the state instead of dropping
+    // it as a full bucket.
+    assert_eq!(s.gc(T0 + SEC), 0);
+    let (_, state) = s.get(key("new")).expect("kept");
+    let peer = tracked();
+    assert!(matches!(
+        peer.merge(key("new"), l, &state, T0 + SEC),
+        Merged::Applied { .. }
+    ));
+    assert_eq!(take_all(&peer, "new", l, T0 + SEC), 5);
+}
+
+#[test]
+fn gc_keeps_a_key_whose_fair_share_is_in_use_while_the_shared_view_reads_full() {
+    let s = Store::new(
+        StoreConfig {
+            track_dirty: true,
+            gc_horizon_ns: 60 * SEC,
+            ..StoreConfig::default()
+        },
+        ReplicaId(0),
+    );
+    let l = per_second(10);
+    assert!(s.decide(&[charge("k", l, 1)], T0)[0].charged);
+    s.set_fair_share(Some(4), T0);
+    // Ten minutes on a quarter of the rate: the share is spent as fast as it refills, while
+    // the shared floor stays where the mode began and the view reads full.
+    let mut t = T0;
+    for _ in 0..600 {
+        t += SEC;
+        take_all(&s, "k", l, t);
+    }
+    let (_, state) = s.get(key("k")).expect("live");
+    assert!(state.is_idle(&l, t, 60 * SEC), "the view reads long full");
+    assert_eq!(s.gc(t), 0, "but the share is in use");
+    assert!(
+        !s.decide(&[charge("k", l, 3)], t)[0].charged,
+        "share still spent"
+    );
+}
