@@ -45,7 +45,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-pub use codec::FrameError;
+pub use codec::{DeltaBuilder, FrameError};
 pub use replicas::{Replica, ReplicaTable};
 
 use crate::limiter::Limiter;

@@ -14,7 +14,8 @@ use tollgate::bucket::{generation_at, BucketState, Limit, GEN_PERIOD_NS};
 use tollgate::clock::{Clock, ManualClock};
 use tollgate::replication::proto::frame::Kind;
 use tollgate::replication::proto::replication_client::ReplicationClient;
-use tollgate::replication::proto::{Ack, Delta, Frame, KeyState, Replica, Slot};
+use tollgate::replication::proto::{Ack, Delta, Frame};
+use tollgate::replication::DeltaBuilder;
 use tollgate::settings::Settings;
 use tollgate::store::KeyId;
 
@@ -47,47 +48,13 @@ fn only_key(node: &Node) -> (KeyId, Limit, BucketState) {
     all.pop().expect("one key")
 }
 
-/// A Delta carrying `state` for `key` as `node` sends it: slots name their replicas by
-/// (node, incarnation), resolved through `node`'s replica table.
+/// A Delta carrying `state` for `key` as `node` sends it, encoded by the node's own codec:
+/// slots name their replicas by (node, incarnation) through `node`'s replica table.
 fn delta(node: &Node, seq: u64, key: KeyId, limit: &Limit, state: &BucketState) -> Frame {
-    let mut replicas = Vec::new();
-    let slots = state
-        .slots()
-        .iter()
-        .map(|s| {
-            let r = node.server.replicas.get(s.replica).expect("known replica");
-            replicas.push(Replica {
-                node: r.node,
-                incarnation: r.incarnation,
-            });
-            Slot {
-                replica: replicas.len() as u32 - 1,
-                consumed: s.consumed,
-                requested: s.requested,
-            }
-        })
-        .collect();
-    let halves = |v: i128| (v as u64, (v >> 64) as i64);
-    let (base_lo, base_hi) = halves(state.base());
-    let (forgiven_lo, forgiven_hi) = halves(state.forgiven());
+    let mut b = DeltaBuilder::new(&node.server.replicas);
+    b.push(key, limit, state);
     Frame {
-        kind: Some(Kind::Delta(Delta {
-            seq,
-            replicas,
-            keys: vec![KeyState {
-                key_lo: key.0 as u64,
-                key_hi: (key.0 >> 64) as u64,
-                capacity: limit.capacity(),
-                per_unit: limit.per_unit(),
-                unit: limit.unit().to_proto(),
-                gen: state.gen(),
-                base_lo,
-                base_hi,
-                forgiven_lo,
-                forgiven_hi,
-                slots,
-            }],
-        })),
+        kind: Some(Kind::Delta(Delta { seq, ..b.delta })),
     }
 }
 
