@@ -14,13 +14,13 @@
 //! `tokens_view / members`. A share below one token is rounded up to one, so a tiny limit still
 //! admits something on every node.
 
-use super::state::{BucketState, Limit, Outcome};
+use super::state::{BucketState, Limit, Outcome, Wide};
 
 /// The local share of one key while in fair-share mode. Never replicated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FairShare {
-    /// Scaled theoretical arrival time of the local bucket, stored as two words (see `Wide`).
-    tat: [u64; 2],
+    /// Scaled theoretical arrival time of the local bucket (8-byte aligned, like the state's).
+    tat: Wide,
 }
 
 impl FairShare {
@@ -31,13 +31,11 @@ impl FairShare {
     }
 
     fn of(v: i128) -> FairShare {
-        FairShare {
-            tat: [v as u128 as u64, ((v as u128) >> 64) as u64],
-        }
+        FairShare { tat: Wide::of(v) }
     }
 
     fn tat(&self) -> i128 {
-        ((self.tat[1] as u128) << 64 | self.tat[0] as u128) as i128
+        self.tat.get()
     }
 
     fn tolerance(limit: &Limit, members: u32) -> i128 {

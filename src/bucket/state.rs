@@ -120,14 +120,14 @@ impl Guard {
 /// An i128 stored with 8-byte alignment: a million live keys each hold two, and i128's 16-byte
 /// alignment would pad every entry of the store's table by 16 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-struct Wide([u64; 2]);
+pub(super) struct Wide([u64; 2]);
 
 impl Wide {
-    fn get(self) -> i128 {
+    pub(super) fn get(self) -> i128 {
         ((self.0[1] as u128) << 64 | self.0[0] as u128) as i128
     }
 
-    fn of(v: i128) -> Wide {
+    pub(super) fn of(v: i128) -> Wide {
         Wide([v as u128 as u64, ((v as u128) >> 64) as u64])
     }
 }
