@@ -456,7 +456,7 @@ async fn session(shared: &Shared, link: &Link, out: &mut Outbox<'_>) -> End {
         _ = link.stop.cancelled() => return End::Stopped,
         c = endpoint.connect() => match c {
             Ok(c) => c,
-            Err(e) => return End::Unreachable(error_chain(&e)),
+            Err(e) => return End::Unreachable(super::tls::chain(&e)),
         },
     };
     let max = shared.settings.max_frame_bytes * 2;
@@ -616,19 +616,6 @@ async fn session(shared: &Shared, link: &Link, out: &mut Outbox<'_>) -> End {
             }
         }
     }
-}
-
-/// An error with its causes: "transport error" alone does not say that a certificate was
-/// refused or a connection reset.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 fn frame(kind: Kind) -> Frame {

@@ -8,7 +8,6 @@
 //! server before it listens, with the flag and path to fix, instead of failing every handshake
 //! later.
 
-use std::error::Error as _;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -171,7 +170,7 @@ fn certificates(flag: &'static str, path: &Path, pem: &[u8]) -> Result<(), PeerT
 }
 
 /// tonic's transport error says only "transport error": the reason is in its sources.
-fn chain(e: &tonic::transport::Error) -> String {
+pub(super) fn chain(e: &dyn std::error::Error) -> String {
     let mut reasons = Vec::new();
     let mut source = e.source();
     while let Some(s) = source {
