@@ -230,6 +230,14 @@ impl Default for Settings {
     }
 }
 
+/// `host:port` (or `NAME:PORT`): the host is resolved later, only the port can be checked
+/// now.
+fn has_port(addr: &str) -> bool {
+    addr.rsplit_once(':')
+        .and_then(|(_, port)| port.parse::<u16>().ok())
+        .is_some()
+}
+
 /// A list given as "a,b,c" (flag, environment) or as a list (settings file).
 fn de_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
@@ -359,32 +367,21 @@ impl Settings {
             return Err(SettingsError::Invalid("node_id must not be empty".into()));
         }
         if let Some(dns) = &self.peer_dns {
-            if dns
-                .rsplit_once(':')
-                .and_then(|(_, p)| p.parse::<u16>().ok())
-                .is_none()
-            {
+            if !has_port(dns) {
                 return Err(SettingsError::Invalid(format!(
                     "peer_dns must be NAME:PORT, got '{dns}'"
                 )));
             }
         }
         if let Some(a) = &self.peer_advertise_addr {
-            if a != "none"
-                && a.rsplit_once(':')
-                    .and_then(|(_, port)| port.parse::<u16>().ok())
-                    .is_none()
-            {
+            if a != "none" && !has_port(a) {
                 return Err(SettingsError::Invalid(format!(
                     "peer_advertise_addr must be host:port or \"none\", got '{a}'"
                 )));
             }
         }
         for p in &self.peers {
-            if p.rsplit_once(':')
-                .and_then(|(_, port)| port.parse::<u16>().ok())
-                .is_none()
-            {
+            if !has_port(p) {
                 return Err(SettingsError::Invalid(format!(
                     "peers must be host:port addresses, got '{p}'"
                 )));
@@ -516,6 +513,50 @@ mod tests {
             .resolve()
             .expect("valid");
         assert_eq!(s.peers, vec!["a:8082", "b:8082", "c:8082"]);
+    }
+
+    #[test]
+    fn an_advertised_address_needs_a_port_unless_it_is_none() {
+        let err = args(&["--peer-advertise-addr", "10.0.0.1"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("peer_advertise_addr") && err.contains("'10.0.0.1'"),
+            "{err}"
+        );
+        let s = args(&["--peer-advertise-addr", "none"])
+            .resolve()
+            .expect("valid");
+        assert_eq!(s.peer_advertise_addr.as_deref(), Some("none"));
+    }
+
+    #[test]
+    fn a_peer_timeout_shorter_than_two_sync_intervals_is_refused() {
+        let err = args(&["--sync-interval", "50ms", "--peer-timeout", "80ms"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("peer_timeout") && err.contains("sync_interval"),
+            "{err}"
+        );
+        let s = args(&["--sync-interval", "50ms", "--peer-timeout", "100ms"])
+            .resolve()
+            .expect("valid");
+        assert_eq!(s.peer_timeout, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn the_burst_guard_is_on_by_default_and_can_be_turned_off() {
+        assert!(args(&[]).resolve().expect("valid").burst_guard);
+        assert!(
+            !args(&["--burst-guard", "false"])
+                .resolve()
+                .expect("valid")
+                .burst_guard
+        );
+        assert!(Cli::try_parse_from(["tollgate", "--burst-guard", "maybe"]).is_err());
     }
 
     #[test]
