@@ -191,6 +191,9 @@ pub struct Store {
     refused_total: AtomicU64,
     fair_members: AtomicU32,
     guard_members: AtomicU32,
+    /// Entries in the shards' `acked` tables, counted so the replication tick can publish it
+    /// without locking every shard.
+    unacked: AtomicUsize,
     round_trip_ns: AtomicU64,
     cfg: StoreConfig,
     local: ReplicaId,
@@ -208,6 +211,7 @@ impl Store {
             refused_total: AtomicU64::new(0),
             fair_members: AtomicU32::new(0),
             guard_members: AtomicU32::new(0),
+            unacked: AtomicUsize::new(0),
             round_trip_ns: AtomicU64::new(0),
             cfg,
             local,
@@ -501,7 +505,12 @@ impl Store {
                     )
                 };
                 if mode.guard > 0 {
-                    shard.acked.entry(Packed::of(id)).or_insert(before);
+                    if let std::collections::hash_map::Entry::Vacant(v) =
+                        shard.acked.entry(Packed::of(id))
+                    {
+                        v.insert(before);
+                        self.unacked.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 if entry.touch(self.cfg.track_dirty) {
                     shard.dirty.push(id);
@@ -539,7 +548,10 @@ impl Store {
             counter.fetch_sub(gone, Ordering::Relaxed);
             if gone > 0 {
                 let map = &shard.map;
+                let before = shard.acked.len();
                 shard.acked.retain(|k, _| map.contains(k.id()));
+                self.unacked
+                    .fetch_sub(before - shard.acked.len(), Ordering::Relaxed);
                 shard.fair.retain(|k, _| map.contains(k.id()));
                 shard.map.shrink();
             }
@@ -670,13 +682,14 @@ impl Store {
             });
             if caught_up {
                 shard.acked.remove(&p);
+                self.unacked.fetch_sub(1, Ordering::Relaxed);
             }
         }
     }
 
     /// Keys whose own changes wait for acknowledgements (the burst guard's table).
     pub fn unacked_keys(&self) -> usize {
-        self.shards.iter().map(|s| s.0.lock().acked.len()).sum()
+        self.unacked.load(Ordering::Relaxed)
     }
 
     /// Visit every live key, one shard at a time (snapshots for replication, debugging).

@@ -485,3 +485,16 @@ fn gc_keeps_a_key_whose_fair_share_is_in_use_while_the_shared_view_reads_full() 
         "share still spent"
     );
 }
+
+#[test]
+fn keys_collected_by_gc_leave_the_burst_guard_count() {
+    let s = tracked();
+    s.set_burst_guard(3, std::time::Duration::from_millis(60));
+    for k in ["a", "b"] {
+        assert!(s.decide(&[charge(k, per_hour(300), 1)], T0)[0].charged);
+    }
+    assert_eq!(s.unacked_keys(), 2);
+    // Full again after 12 s, then idle for the 60 s horizon.
+    assert_eq!(s.gc(T0 + 120 * SEC), 2);
+    assert_eq!(s.unacked_keys(), 0);
+}
