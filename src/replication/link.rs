@@ -85,6 +85,8 @@ pub(crate) struct Link {
     pub pushed: tokio::sync::Notify,
     /// The peer dialed us: stop waiting out the reconnect backoff.
     pub wake: tokio::sync::Notify,
+    /// Shutting down, the peer has processed our Leave.
+    pub said_goodbye: std::sync::atomic::AtomicBool,
     unacked: AtomicUsize,
     oldest_unacked: Mutex<Option<Instant>>,
     pub stop: CancellationToken,
@@ -119,6 +121,7 @@ impl Link {
             learned,
             pushed: tokio::sync::Notify::new(),
             wake: tokio::sync::Notify::new(),
+            said_goodbye: std::sync::atomic::AtomicBool::new(false),
             unacked: AtomicUsize::new(0),
             oldest_unacked: Mutex::new(None),
             stop,
@@ -549,7 +552,10 @@ async fn session(shared: &Shared, link: &Link, out: &mut Outbox<'_>) -> End {
     let mut tick = tokio::time::interval(shared.settings.sync_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ping = tokio::time::interval(shared.heartbeat());
-    let mut said_goodbye = false;
+    // Pings and Pongs pair up in order, so the Pong of the Ping sent right after Leave proves
+    // the peer has processed the Leave.
+    let (mut pings, mut pongs) = (0u64, 0u64);
+    let mut goodbye: Option<u64> = None;
     loop {
         tokio::select! {
             _ = link.stop.cancelled() => return End::Stopped,
@@ -567,17 +573,22 @@ async fn session(shared: &Shared, link: &Link, out: &mut Outbox<'_>) -> End {
                 if let Err(e) = out.flush(shared, &tx, round).await {
                     return e;
                 }
-                if shared.is_leaving() && !said_goodbye && out.in_flight.is_empty() {
-                    said_goodbye = true;
+                if shared.is_leaving() && goodbye.is_none() && out.in_flight.is_empty() {
                     if let Err(e) = out.send(&tx, frame(Kind::Leave(Leave {}))).await {
                         return e;
                     }
+                    if let Err(e) = out.send(&tx, frame(Kind::Ping(Ping { wall_ns: shared.now() }))).await {
+                        return e;
+                    }
+                    pings += 1;
+                    goodbye = Some(pings);
                 }
             }
             _ = ping.tick() => {
                 if let Err(e) = out.send(&tx, frame(Kind::Ping(Ping { wall_ns: shared.now() }))).await {
                     return e;
                 }
+                pings += 1;
             }
             msg = inbound.message() => match msg {
                 Ok(Some(Frame { kind: Some(Kind::Ack(a)) })) => {
@@ -587,6 +598,10 @@ async fn session(shared: &Shared, link: &Link, out: &mut Outbox<'_>) -> End {
                     }
                 }
                 Ok(Some(Frame { kind: Some(Kind::Pong(p)) })) => {
+                    pongs += 1;
+                    if goodbye.is_some_and(|g| pongs >= g) {
+                        link.said_goodbye.store(true, Ordering::Release);
+                    }
                     if cut() {
                         continue;
                     }

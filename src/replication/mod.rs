@@ -566,14 +566,34 @@ impl Replicator {
                 .sum();
             if pending == 0 {
                 info!("handoff complete: every peer acknowledged this node's state");
-                // Say Leave, so the others do not wait for this node as if partitioned.
-                self.shared.leaving.store(true, Ordering::Release);
-                tokio::time::sleep(self.shared.settings.sync_interval * 3).await;
-                return true;
+                break;
             }
             if tokio::time::Instant::now() >= deadline {
                 warn!(pending, "handoff timed out with changes not acknowledged");
                 return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Say Leave, so the others do not wait for this node as if partitioned; done once every
+        // connected peer has processed it (or at the same deadline).
+        self.shared.leaving.store(true, Ordering::Release);
+        loop {
+            let waiting = self
+                .shared
+                .links
+                .lock()
+                .values()
+                .filter(|l| l.connected_node().is_some() && !l.said_goodbye.load(Ordering::Acquire))
+                .count();
+            if waiting == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                warn!(
+                    waiting,
+                    "handoff: not every peer confirmed this node's Leave"
+                );
+                return true;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
