@@ -151,8 +151,6 @@ pub(crate) struct Shared {
     pub replicas: Arc<ReplicaTable>,
     /// Outbound links, by peer address.
     pub links: Mutex<HashMap<String, Arc<Link>>>,
-    /// Nodes whose full snapshot this process has received.
-    pub snapshots_from: Mutex<HashSet<String>>,
     /// Keys just merged from a node that already holds the merged state: not sent back to it.
     pub suppress: Mutex<HashMap<KeyId, (String, u32)>>,
     /// Nodes whose clocks are too far off: their states are not merged.
@@ -166,7 +164,8 @@ pub(crate) struct Shared {
     rounds: Mutex<VecDeque<Round>>,
     /// Nodes that said Leave: not members until they say Hello again.
     pub left: Mutex<HashSet<String>>,
-    /// Nodes whose current stream to us delivered SnapshotEnd, by stream id.
+    /// Nodes whose current stream to us delivered SnapshotEnd (a full snapshot, or what they
+    /// changed while away), by stream id: readiness and leaving fair-share mode wait on it.
     pub caught_up: Mutex<HashMap<String, u64>>,
     pub stream_ids: AtomicU64,
     /// Shutting down: links say Leave once their changes are acknowledged.
@@ -402,12 +401,12 @@ impl Shared {
         let all_tried = links.iter().all(|l| l.tried());
         // A quarantined peer's states are not merged, so its snapshot is not waited for.
         let waiting: Vec<String> = {
-            let got = self.snapshots_from.lock();
+            let got = self.caught_up.lock();
             let quarantined = self.quarantined.lock();
             links
                 .iter()
                 .filter_map(|l| l.connected_node())
-                .filter(|n| !got.contains(n) && !quarantined.contains(n))
+                .filter(|n| !got.contains_key(n) && !quarantined.contains(n))
                 .collect()
         };
         let timed_out = self.started.elapsed() >= self.settings.sync_timeout;
@@ -523,7 +522,6 @@ impl Replicator {
             readiness,
             replicas,
             links: Mutex::new(HashMap::new()),
-            snapshots_from: Mutex::new(HashSet::new()),
             suppress: Mutex::new(HashMap::new()),
             quarantined: Mutex::new(HashSet::new()),
             started: Instant::now(),

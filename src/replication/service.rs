@@ -208,7 +208,6 @@ async fn receive(
                 Kind::Ack(Ack { seq: d.seq })
             }
             Some(Kind::SnapshotEnd(e)) => {
-                shared.snapshots_from.lock().insert(node.clone());
                 shared.caught_up.lock().insert(node.clone(), stream);
                 Kind::Ack(Ack { seq: e.seq })
             }
