@@ -25,9 +25,12 @@
 //! See `shared/design/replicated-bucket.md` for the derivation and the over-admission bounds.
 
 mod fair;
+mod refunds;
 mod state;
+mod usage;
 
 pub use fair::FairShare;
+pub use refunds::Refund;
 pub use state::{BucketState, Guard, Limit, Outcome, ReplicaId, Slot};
 
 /// Length of a `gen` slot: keys created within the same 30 s share a generation.

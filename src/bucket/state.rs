@@ -2,6 +2,7 @@
 
 use smallvec::SmallVec;
 
+use super::refunds::{Refund, Refunds};
 use crate::unit::Unit;
 
 /// Parameters of one bucket: capacity `C` tokens, refilled at `per_unit` tokens every unit.
@@ -140,6 +141,8 @@ pub struct BucketState {
     forgiven: Wide,
     /// Sorted by replica; a key touched by one node holds one slot inline, without allocating.
     slots: SmallVec<[Slot; 1]>,
+    /// Tokens given back (`is_negative_hits`), per replica; empty (one word) for most keys.
+    refunds: Refunds,
 }
 
 impl BucketState {
@@ -189,6 +192,54 @@ impl BucketState {
         &self.slots
     }
 
+    /// Add refund counts received from a peer (joined by `max`, like `from_parts`'s slots).
+    pub fn with_refunds(mut self, refunds: impl IntoIterator<Item = Refund>) -> Self {
+        for r in refunds {
+            self.refunds.raise(r.replica, r.refunded);
+        }
+        self
+    }
+
+    /// Every replica's refund counter on this key.
+    pub fn refunds(&self) -> impl Iterator<Item = Refund> + '_ {
+        self.refunds.iter()
+    }
+
+    /// Tokens this replica gave back on this key.
+    pub fn refunded_by(&self, who: ReplicaId) -> u64 {
+        self.refunds.by(who)
+    }
+
+    pub(super) fn refunds_mut(&mut self) -> &mut Refunds {
+        &mut self.refunds
+    }
+
+    pub(super) fn slot_for(&mut self, who: ReplicaId) -> &mut Slot {
+        self.slot_mut(who)
+    }
+
+    /// Raise `B` to forget the overflow of a full bucket (GCRA's `max(TAT, t)`); returns TAT.
+    pub(super) fn rebase_if_full(&mut self, limit: &Limit, t: i128) -> i128 {
+        let tat = self.tat(limit);
+        if tat >= t {
+            return tat;
+        }
+        self.base = Wide::of(self.base().saturating_add(t.saturating_sub(tat)));
+        self.tat(limit)
+    }
+
+    /// Raise `F` so that the debt is at most `debt_cap` tokens at scaled time `t`; returns TAT.
+    pub(super) fn forgive_beyond(&mut self, limit: &Limit, t: i128, debt_cap: u64) -> i128 {
+        let tat = self.tat(limit);
+        let ceiling =
+            t.saturating_add(limit.tokens_span((limit.capacity as u64).saturating_add(debt_cap)));
+        if tat <= ceiling {
+            return tat;
+        }
+        self.forgiven = Wide::of(self.forgiven().saturating_add(tat.saturating_sub(ceiling)));
+        self.tat(limit)
+    }
+
     fn consumed_total(&self) -> i128 {
         self.slots
             .iter()
@@ -197,8 +248,9 @@ impl BucketState {
 
     /// Theoretical arrival time, scaled: the bucket is full again at TAT.
     pub(super) fn tat(&self, limit: &Limit) -> i128 {
+        let net = self.consumed_total().saturating_sub(self.refunds.total());
         self.base()
-            .saturating_add(limit.token().saturating_mul(self.consumed_total()))
+            .saturating_add(limit.token().saturating_mul(net))
             .saturating_sub(self.forgiven())
     }
 
@@ -289,20 +341,11 @@ impl BucketState {
         permit: bool,
     ) -> Outcome {
         let t = limit.scaled(now);
-        let mut tat = self.tat(limit);
         // 1. Full bucket: forget the overflow (GCRA's max(TAT, t)).
-        if tat < t {
-            self.base = Wide::of(self.base().saturating_add(t.saturating_sub(tat)));
-            tat = self.tat(limit);
-        }
+        self.rebase_if_full(limit, t);
         // 2. Debt beyond K tokens is forgiven, so late remote consumption cannot lock out a key
         //    for longer than K / r.
-        let ceiling =
-            t.saturating_add(limit.tokens_span((limit.capacity as u64).saturating_add(debt_cap)));
-        if tat > ceiling {
-            self.forgiven = Wide::of(self.forgiven().saturating_add(tat.saturating_sub(ceiling)));
-            tat = self.tat(limit);
-        }
+        let mut tat = self.forgive_beyond(limit, t, debt_cap);
         // 3. Admit iff the tokens are there.
         let cost = limit.tokens_span(n);
         let fits = tat.max(t).saturating_add(cost)
@@ -409,6 +452,7 @@ impl BucketState {
             self.forgiven = other.forgiven;
             changed = true;
         }
+        changed |= self.refunds.join(&other.refunds);
         // States keep no all-zero slots (see `from_parts` and `charge`), so every slot inserted here
         // carries a count and the representation stays canonical: equal states compare equal.
         for theirs in &other.slots {
@@ -432,6 +476,7 @@ impl BucketState {
         }
         self.base() <= other.base()
             && self.forgiven() <= other.forgiven()
+            && self.refunds.le(&other.refunds)
             && self.slots.iter().all(|s| {
                 let o = other
                     .slots

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use super::proto;
 use super::replicas::{Replica, ReplicaTable};
-use crate::bucket::{BucketState, Limit, ReplicaId, Slot};
+use crate::bucket::{BucketState, Limit, Refund, ReplicaId, Slot};
 use crate::store::KeyId;
 use crate::unit::Unit;
 
@@ -65,25 +65,28 @@ impl<'a> DeltaBuilder<'a> {
         self.delta.keys.is_empty()
     }
 
+    /// The frame's index of a replica, listing it on first use; `None` for an unknown replica.
+    fn replica_index(&mut self, replica: ReplicaId) -> Option<u32> {
+        if let Some(i) = self.index.get(&replica) {
+            return Some(*i);
+        }
+        let r = self.replicas.get(replica)?;
+        let next = self.index.len() as u32;
+        let m = proto::Replica {
+            node: r.node,
+            incarnation: r.incarnation,
+        };
+        self.bytes += prost::Message::encoded_len(&m) + 2;
+        self.delta.replicas.push(m);
+        self.index.insert(replica, next);
+        Some(next)
+    }
+
     pub fn push(&mut self, key: KeyId, limit: &Limit, state: &BucketState) {
         let mut slots = Vec::with_capacity(state.slots().len());
         for s in state.slots() {
-            let next = self.index.len() as u32;
-            let idx = match self.index.get(&s.replica) {
-                Some(i) => *i,
-                None => {
-                    let Some(r) = self.replicas.get(s.replica) else {
-                        continue;
-                    };
-                    let m = proto::Replica {
-                        node: r.node,
-                        incarnation: r.incarnation,
-                    };
-                    self.bytes += prost::Message::encoded_len(&m) + 2;
-                    self.delta.replicas.push(m);
-                    self.index.insert(s.replica, next);
-                    next
-                }
+            let Some(idx) = self.replica_index(s.replica) else {
+                continue;
             };
             slots.push(proto::Slot {
                 replica: idx,
@@ -91,6 +94,15 @@ impl<'a> DeltaBuilder<'a> {
                 requested: s.requested,
             });
         }
+        let refunds = state
+            .refunds()
+            .filter_map(|r| {
+                Some(proto::Refund {
+                    replica: self.replica_index(r.replica)?,
+                    refunded: r.refunded,
+                })
+            })
+            .collect();
         let (base_lo, base_hi) = split(state.base());
         let (forgiven_lo, forgiven_hi) = split(state.forgiven());
         let k = proto::KeyState {
@@ -105,6 +117,7 @@ impl<'a> DeltaBuilder<'a> {
             forgiven_lo,
             forgiven_hi,
             slots,
+            refunds,
         };
         self.bytes += prost::Message::encoded_len(&k) + 3;
         self.delta.keys.push(k);
@@ -139,15 +152,30 @@ pub fn decode_delta(
                     per_unit: k.per_unit,
                     unit: k.unit,
                 })?;
+            let replica_at = |replica: u32| {
+                ids.get(replica as usize)
+                    .copied()
+                    .ok_or(FrameError::BadReplica {
+                        index,
+                        replica,
+                        listed: ids.len(),
+                    })
+            };
+            let refunds = k
+                .refunds
+                .iter()
+                .map(|r| {
+                    Ok(Refund {
+                        replica: replica_at(r.replica)?,
+                        refunded: r.refunded,
+                    })
+                })
+                .collect::<Result<Vec<_>, FrameError>>()?;
             let slots = k
                 .slots
                 .iter()
                 .map(|s| {
-                    let replica = *ids.get(s.replica as usize).ok_or(FrameError::BadReplica {
-                        index,
-                        replica: s.replica,
-                        listed: ids.len(),
-                    })?;
+                    let replica = replica_at(s.replica)?;
                     Ok(Slot {
                         replica,
                         consumed: s.consumed,
@@ -160,7 +188,8 @@ pub fn decode_delta(
                 join(k.base_lo, k.base_hi),
                 join(k.forgiven_lo, k.forgiven_hi),
                 slots,
-            );
+            )
+            .with_refunds(refunds);
             Ok((
                 KeyId((k.key_hi as u128) << 64 | k.key_lo as u128),
                 limit,
@@ -202,6 +231,103 @@ mod tests {
         assert_eq!(state.base(), s.base());
         assert_eq!(state.slots()[0].replica, ReplicaId(1));
         assert_eq!(b.get(ReplicaId(1)).map(|r| r.node), Some("a".to_string()));
+    }
+
+    #[test]
+    fn refunds_survive_the_round_trip_even_from_a_replica_without_a_slot() {
+        let a = table("a", 1);
+        let b = table("b", 2);
+        let other = a.intern(&Replica {
+            node: "c".into(),
+            incarnation: 3,
+        });
+        let limit = Limit::new(10, 10, Unit::Hour).expect("valid");
+        let mut s = BucketState::new(3);
+        s.charge_into_debt(&limit, ReplicaId(0), 6, T0, 10);
+        s.refund(&limit, ReplicaId(0), 1, T0);
+        // c gave back tokens it never charged (the stream ended on another node).
+        s.refund(&limit, other, 2, T0);
+        let mut d = DeltaBuilder::new(&a);
+        d.push(KeyId(7), &limit, &s);
+        let got = decode_delta(&d.delta, &b).expect("valid");
+        let (_, _, state) = &got[0];
+        assert_eq!(state.tokens(&limit, T0), 7);
+        let seen: Vec<_> = state
+            .refunds()
+            .map(|r| (b.get(r.replica).map(|r| r.node), r.refunded))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![(Some("a".to_string()), 1), (Some("c".to_string()), 2)]
+        );
+        // And encoded again from b, it is the same state seen from a.
+        let mut back = DeltaBuilder::new(&b);
+        back.push(KeyId(7), &limit, state);
+        let again = decode_delta(&back.delta, &a).expect("valid");
+        assert_eq!(again[0].2, s);
+    }
+
+    /// How a node from before refunds existed reads a key state: the same message without
+    /// field 12.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct KeyStateBeforeRefunds {
+        #[prost(fixed64, tag = "1")]
+        key_lo: u64,
+        #[prost(uint32, tag = "6")]
+        gen: u32,
+        #[prost(message, repeated, tag = "11")]
+        slots: Vec<proto::Slot>,
+    }
+
+    #[test]
+    fn a_node_without_refunds_reads_a_key_state_that_has_them() {
+        let k = proto::KeyState {
+            key_lo: 9,
+            gen: 4,
+            slots: vec![proto::Slot {
+                replica: 0,
+                consumed: 5,
+                requested: 5,
+            }],
+            refunds: vec![proto::Refund {
+                replica: 0,
+                refunded: 2,
+            }],
+            ..Default::default()
+        };
+        let bytes = prost::Message::encode_to_vec(&k);
+        let old: KeyStateBeforeRefunds =
+            prost::Message::decode(bytes.as_slice()).expect("unknown fields are skipped");
+        assert_eq!((old.key_lo, old.gen, old.slots), (9, 4, k.slots.clone()));
+        // And a new node reads an old node's key state as one with no refunds.
+        let old_bytes = prost::Message::encode_to_vec(&KeyStateBeforeRefunds {
+            key_lo: 9,
+            gen: 4,
+            slots: k.slots.clone(),
+        });
+        let new: proto::KeyState = prost::Message::decode(old_bytes.as_slice()).expect("valid");
+        assert!(new.refunds.is_empty());
+    }
+
+    #[test]
+    fn a_refund_naming_an_unlisted_replica_is_refused() {
+        let delta = proto::Delta {
+            keys: vec![proto::KeyState {
+                capacity: 1,
+                per_unit: 1,
+                unit: 1,
+                refunds: vec![proto::Refund {
+                    replica: 1,
+                    refunded: 1,
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(matches!(
+            decode_delta(&delta, &table("a", 1)),
+            Err(FrameError::BadReplica { replica: 1, .. })
+        ));
     }
 
     #[test]

@@ -382,15 +382,26 @@ fn arb_slot() -> impl Strategy<Value = Slot> {
     })
 }
 
+fn arb_refund() -> impl Strategy<Value = Refund> {
+    (0u32..4, 0u64..1_500).prop_map(|(r, n)| Refund {
+        replica: ReplicaId(r),
+        refunded: n,
+    })
+}
+
 fn arb_state() -> impl Strategy<Value = BucketState> {
     // Bases around T0 scaled by R = 100: for smaller R the bucket is in debt, for larger R full.
+    // Refund counters on some states, so every law below covers them too.
     (
         0u32..3,
         0i128..10_000_000_000_000,
         0i128..1_000_000_000_000,
         prop::collection::vec(arb_slot(), 0..5),
+        prop::collection::vec(arb_refund(), 0..3),
     )
-        .prop_map(|(g, b, f, slots)| BucketState::from_parts(g, T0 as i128 * 100 + b, f, slots))
+        .prop_map(|(g, b, f, slots, refunds)| {
+            BucketState::from_parts(g, T0 as i128 * 100 + b, f, slots).with_refunds(refunds)
+        })
 }
 
 fn arb_limit() -> impl Strategy<Value = Limit> {
@@ -483,7 +494,8 @@ proptest! {
         dt in 0i64..10 * SEC,
     ) {
         // s' >= s with the same gen and F.
-        let bigger = BucketState::from_parts(s.gen(), s.base() + extra_base, s.forgiven(), s.slots().iter().copied().chain(extra));
+        let bigger = BucketState::from_parts(s.gen(), s.base() + extra_base, s.forgiven(), s.slots().iter().copied().chain(extra))
+            .with_refunds(s.refunds());
         let mut more = s.clone();
         more.join(&bigger);
         prop_assert!(s.le(&more));
@@ -554,4 +566,298 @@ fn opening_a_key_that_has_a_floor_changes_nothing() {
     let before = s.clone();
     s.open_at(&l, T0 + 3600 * SEC);
     assert_eq!(s, before);
+}
+
+// ---- charging after the fact: debt, pre-checks, refunds (src/bucket/usage.rs) -------------
+
+/// The budget: 1,000 tokens per minute, each call using 300 reported after the fact.
+#[test]
+fn four_calls_start_on_a_thousand_token_budget_and_the_fifth_is_refused() {
+    let l = limit(1_000, 1_000, Unit::Minute);
+    let cap = l.capacity() as u64;
+    let mut s = BucketState::new(0);
+    let mut started = 0;
+    for call in 0..5 {
+        if !s.precheck(&l, T0).allowed {
+            break;
+        }
+        started += 1;
+        let o = s.charge_into_debt(&l, ME, 300, T0, cap);
+        assert_eq!(o.allowed, call < 3, "call {call}: 300 fit in what was left");
+    }
+    assert_eq!(started, 4, "the fourth starts with 100 left");
+    assert_eq!(s.tokens(&l, T0), -200, "and leaves the bucket 200 in debt");
+    // The debt and then one whole token come back at 1,000 per minute: 201 tokens, 12.06 s.
+    assert!(!s.precheck(&l, T0 + 12_059_999_999).allowed);
+    assert!(s.precheck(&l, T0 + 12_060_000_000).allowed);
+}
+
+#[test]
+fn a_charge_beyond_the_debt_cap_forgives_the_rest_and_reads_exactly_the_cap() {
+    let l = limit(10, 10, Unit::Second);
+    let mut s = BucketState::new(0);
+    let o = s.charge_into_debt(&l, ME, 50, T0, 10);
+    assert!(!o.allowed, "50 did not fit in 10");
+    assert_eq!(o.remaining, 0);
+    assert_eq!(s.tokens(&l, T0), -10, "debt stops at one capacity");
+    assert_eq!(s.consumed_by(ME), 50, "the counts keep the whole report");
+    // From -10, one whole token is back after (10 + 1) / r = 1.1 s.
+    assert!(!s.precheck(&l, T0 + 1_100_000_000 - 1).allowed);
+    assert!(s.precheck(&l, T0 + 1_100_000_000).allowed);
+    assert_eq!(s.time_until_full(&l, T0), 2 * SEC as u64);
+}
+
+#[test]
+fn a_zero_hit_precheck_refuses_an_empty_bucket_that_a_plain_query_lets_through() {
+    let l = limit(3, 3, Unit::Hour);
+    let mut s = BucketState::new(0);
+    assert!(s.precheck(&l, T0).allowed, "a full bucket");
+    s.charge_into_debt(&l, ME, 3, T0, 3);
+    assert!(
+        s.peek(&l, T0).allowed,
+        "plain query: at the limit, not over it"
+    );
+    let o = s.precheck(&l, T0);
+    assert!(!o.allowed, "pre-check: empty is over");
+    assert_eq!(o.remaining, 0);
+    let before = s.clone();
+    s.precheck(&l, T0);
+    assert_eq!(s, before, "a pre-check changes nothing");
+}
+
+#[test]
+fn usage_merged_from_a_peer_counts_in_full_until_the_next_charge_caps_the_debt() {
+    let l = limit(10, 10, Unit::Second);
+    let mut s = BucketState::new(0);
+    s.charge_into_debt(&l, ReplicaId(1), 10, T0, 10);
+    let mut late = BucketState::new(0);
+    late.record(ReplicaId(2), 100, true);
+    s.join(&late);
+    assert_eq!(s.tokens(&l, T0), -100, "110 used of 10");
+    // Pre-checks enforce all of it: one whole token is back after 101 / r = 10.1 s.
+    let mut capped = s.clone();
+    assert!(!s.precheck(&l, T0 + 10_100_000_000 - 1).allowed);
+    assert!(s.precheck(&l, T0 + 10_100_000_000).allowed);
+    // A usage report (even of 0 tokens) caps the debt at one capacity: back after 1.1 s.
+    capped.charge_into_debt(&l, ReplicaId(1), 0, T0, 10);
+    assert_eq!(capped.tokens(&l, T0), -10);
+    assert!(!capped.precheck(&l, T0 + 1_100_000_000 - 1).allowed);
+    assert!(capped.precheck(&l, T0 + 1_100_000_000).allowed);
+}
+
+#[test]
+fn a_refund_gives_back_only_tokens_in_use() {
+    let l = limit(5, 5, Unit::Minute);
+    let mut s = BucketState::new(0);
+    let full = s.clone();
+    let o = s.refund(&l, ME, 3, T0);
+    assert_eq!(o.remaining, 5);
+    assert_eq!(s, full, "a full bucket stays full and records nothing");
+    s.charge_into_debt(&l, ME, 2, T0, 5);
+    let o = s.refund(&l, ME, 10, T0);
+    assert_eq!(o.remaining, 5, "never above the capacity");
+    assert_eq!(s.refunded_by(ME), 2, "only the two in use were given back");
+}
+
+#[test]
+fn two_replicas_refunding_at_once_both_count_after_the_join() {
+    // A concurrency limit of 4: four streams start, two end on each of two other nodes.
+    let l = limit(4, 4, Unit::Hour);
+    let mut a = BucketState::new(0);
+    a.charge_into_debt(&l, ReplicaId(1), 4, T0, 4);
+    let mut b = a.clone();
+    let mut c = a.clone();
+    b.refund(&l, ReplicaId(2), 1, T0);
+    c.refund(&l, ReplicaId(3), 1, T0);
+    b.join(&c);
+    a.join(&b);
+    assert_eq!(a.tokens(&l, T0), 2, "both refunds, not the max of one");
+    assert!(!a.join(&b), "joining again changes nothing");
+}
+
+/// A plain token counter that may go into debt, written apart from GCRA: tokens scaled by
+/// `unit_ns`, refilled exactly, floored at `-cap` after a charge, refunds bounded by the
+/// whole tokens in use.
+struct DebtReference {
+    capacity: i128,
+    per_unit: i128,
+    unit_ns: i128,
+    cap: i128,
+    tokens_scaled: i128,
+    last: i128,
+}
+
+impl DebtReference {
+    fn new(l: &Limit, cap: u64, start: i64) -> Self {
+        DebtReference {
+            capacity: l.capacity() as i128,
+            per_unit: l.per_unit() as i128,
+            unit_ns: l.unit_ns() as i128,
+            cap: cap as i128,
+            tokens_scaled: l.capacity() as i128 * l.unit_ns() as i128,
+            last: start as i128,
+        }
+    }
+
+    fn refill(&mut self, now: i64) {
+        let now = now as i128;
+        if now > self.last {
+            let full = self.capacity * self.unit_ns;
+            self.tokens_scaled = (self.tokens_scaled + (now - self.last) * self.per_unit).min(full);
+            self.last = now;
+        }
+    }
+
+    fn whole(&self) -> i128 {
+        self.tokens_scaled.div_euclid(self.unit_ns)
+    }
+
+    /// Whether the tokens were there; charged either way.
+    fn charge(&mut self, n: u64, now: i64) -> bool {
+        self.refill(now);
+        let cost = n as i128 * self.unit_ns;
+        let fits = self.tokens_scaled >= cost;
+        self.tokens_scaled = (self.tokens_scaled - cost).max(-self.cap * self.unit_ns);
+        fits
+    }
+
+    fn refund(&mut self, n: u64, now: i64) {
+        self.refill(now);
+        let give = (n as i128).min(self.capacity - self.whole());
+        let full = self.capacity * self.unit_ns;
+        self.tokens_scaled = (self.tokens_scaled + give * self.unit_ns).min(full);
+    }
+
+    fn precheck(&mut self, now: i64) -> bool {
+        self.refill(now);
+        self.whole() >= 1
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum UsageOp {
+    Precheck,
+    Charge(u64),
+    Refund(u64),
+}
+
+fn arb_usage_op() -> impl Strategy<Value = UsageOp> {
+    prop_oneof![
+        2 => Just(UsageOp::Precheck),
+        3 => (0u64..600).prop_map(UsageOp::Charge),
+        2 => (0u64..300).prop_map(UsageOp::Refund),
+    ]
+}
+
+proptest! {
+    /// Debt is repaid at the refill rate and nothing else: one node with charges into debt,
+    /// pre-checks and refunds reads, decides and resets like the independent counter above.
+    #[test]
+    fn one_node_with_debt_and_refunds_behaves_as_a_reference_counter(
+        l in arb_limit(),
+        cap_capacities in 0u64..3,
+        ops in prop::collection::vec((arb_step(), arb_usage_op()), 1..150),
+    ) {
+        let cap = l.capacity() as u64 * cap_capacities;
+        let mut s = BucketState::new(1);
+        let mut reference = DebtReference::new(&l, cap, T0);
+        let mut t = T0;
+        for (dt, op) in ops {
+            t += dt;
+            match op {
+                UsageOp::Precheck => {
+                    prop_assert_eq!(s.precheck(&l, t).allowed, reference.precheck(t));
+                }
+                UsageOp::Charge(n) => {
+                    let o = s.charge_into_debt(&l, ME, n, t, cap);
+                    prop_assert_eq!(o.allowed, reference.charge(n, t), "fit of {} at t+{}", n, t - T0);
+                }
+                UsageOp::Refund(n) => {
+                    s.refund(&l, ME, n, t);
+                    reference.refund(n, t);
+                }
+            }
+            prop_assert_eq!(s.tokens(&l, t), reference.whole(), "tokens at t+{} after {:?}", t - T0, op);
+            prop_assert!(s.tokens(&l, t) >= -(cap as i128), "debt within the cap");
+            prop_assert!(s.tokens(&l, t) <= l.capacity() as i128, "never above the capacity");
+        }
+    }
+
+    #[test]
+    fn a_refund_adds_back_at_most_the_capacity(
+        s in arb_state(), l in arb_limit(), n in 0u64..400, dt in arb_step(),
+    ) {
+        let t = T0 + dt;
+        let before = s.tokens(&l, t);
+        let mut after = s.clone();
+        after.refund(&l, ME, n, t);
+        let expect = (before + n as i128).min(l.capacity() as i128);
+        prop_assert_eq!(after.tokens(&l, t), expect);
+        prop_assert!(s.le(&after), "a refund only inflates the state");
+    }
+
+    #[test]
+    fn charging_into_debt_inflates_and_respects_the_cap(
+        s in arb_state(), l in arb_limit(), who in 0u32..4, n in 0u64..600,
+        dt in arb_step(), k in 0u64..400,
+    ) {
+        let t = T0 + dt;
+        let mut after = s.clone();
+        after.charge_into_debt(&l, ReplicaId(who), n, t, k);
+        prop_assert!(s.le(&after), "{:?} -> {:?}", s, after);
+        prop_assert!(after.tokens(&l, t) >= -(k as i128));
+        if n > 0 {
+            prop_assert!(after.consumed_by(ReplicaId(who)) >= s.consumed_by(ReplicaId(who)) + n
+                || after.consumed_by(ReplicaId(who)) == u64::MAX);
+        }
+    }
+
+    /// A pre-check is the answer a one-token admit would give, without its side effects.
+    #[test]
+    fn a_precheck_agrees_with_a_one_token_admit(s in arb_state(), l in arb_limit(), dt in arb_step()) {
+        let t = T0 + dt;
+        let would = s.precheck(&l, t).allowed;
+        let mut x = s.clone();
+        // Debt cap large enough that forgiveness cannot change the answer.
+        prop_assert_eq!(would, x.admit(&l, ME, 1, t, u64::MAX / 4).allowed);
+    }
+
+    /// The join laws with debt and refunds in play: states that went through usage charges and
+    /// refunds on different replicas still merge to the same state in any order.
+    #[test]
+    fn join_laws_hold_after_debt_and_refunds(
+        a in arb_state(), b in arb_state(), c in arb_state(), l in arb_limit(),
+        ops in prop::collection::vec((0usize..3, 0u32..4, arb_usage_op(), arb_step()), 0..12),
+    ) {
+        let mut states = [a, b, c];
+        let mut t = T0;
+        for (i, who, op, dt) in ops {
+            t += dt;
+            match op {
+                UsageOp::Precheck => {}
+                UsageOp::Charge(n) => {
+                    states[i].charge_into_debt(&l, ReplicaId(who), n, t, l.capacity() as u64);
+                }
+                UsageOp::Refund(n) => {
+                    states[i].refund(&l, ReplicaId(who), n, t);
+                }
+            }
+        }
+        let [a, b, c] = states;
+        let mut ab = a.clone();
+        ab.join(&b);
+        let mut ba = b.clone();
+        ba.join(&a);
+        prop_assert_eq!(&ab, &ba, "commutative");
+        let mut ab_c = ab.clone();
+        ab_c.join(&c);
+        let mut bc = b.clone();
+        bc.join(&c);
+        let mut a_bc = a.clone();
+        a_bc.join(&bc);
+        prop_assert_eq!(&ab_c, &a_bc, "associative");
+        let mut again = ab_c.clone();
+        prop_assert!(!again.join(&ab_c), "idempotent");
+        prop_assert!(a.le(&ab_c) && b.le(&ab_c) && c.le(&ab_c), "upper bound");
+    }
 }
