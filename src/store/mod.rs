@@ -13,7 +13,8 @@
 //! Memory per key is even: a shard keeps its keys in a table of its own (`table.rs`) that grows
 //! by a quarter when 7/8 full, not a `HashMap` that doubles (with 256 equal shards, every shard
 //! doubles at the same key count and the whole store pays ~2x for a while). A live key costs
-//! 120-150 heap bytes, its 16-byte id included, at any count (BENCHMARKS.md figure 4).
+//! 129-161 heap bytes, its 16-byte id included, at any count (BENCHMARKS.md figure 4: 153.4 at
+//! 1M keys, 8 bytes of it the refund counters' empty box).
 
 mod key;
 mod table;

@@ -4,8 +4,8 @@
 //! most 7/8 and then doubled, so right after a doubling every 104-byte slot is paid for about
 //! twice. With 256 equal shards every shard doubles at the same key count: 220 heap bytes per key
 //! at 1M keys, against ~120 just before (BENCHMARKS.md figure 4). Here a table of any size grows
-//! to 5/4 of itself when it is 7/8 full, so it is always 70-88 % full: 105 bytes per bucket (a
-//! slot and its tag byte) cost 120-150 bytes per key at any count.
+//! to 5/4 of itself when it is 7/8 full, so it is always 70-88 % full: 113 bytes per bucket (a
+//! slot and its tag byte) cost 129-161 bytes per key at any count.
 //!
 //! Why the entries stay in the table and not behind an index (a small hash table of slot numbers
 //! in front of chunks of entries, which would never move): a lookup of a cold key would then read
