@@ -10,6 +10,8 @@ use crate::accuracy::{Bucket, LimitSpec};
 use crate::driver::{normalize_target, Pace, Plan, Stop};
 use crate::keys::KeyDist;
 use crate::request::RequestShape;
+use crate::sizes::SizeDist;
+use crate::usage::UsagePlan;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,6 +38,106 @@ pub enum Command {
     Scenario(ScenarioArgs),
     /// Write a gRPC-framed RateLimitRequest (5-byte header + protobuf) for `h2load -d`.
     MakeH2loadBody(H2loadBodyArgs),
+    /// Usage-style traffic (AI token budgets): a 0-hit pre-check per call, then a usage report
+    /// of a drawn size; reports tokens used and charged against the ideal budget C + r*T.
+    Usage(UsageArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UsageArgs {
+    /// Where pre-checks go; repeat or comma-separate for several (call i goes to i % n).
+    #[arg(
+        long = "target",
+        value_name = "URL",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:8081"
+    )]
+    pub targets: Vec<String>,
+    /// Where usage reports go (default: the pre-check targets); call i reports to i % n.
+    #[arg(long = "report-target", value_name = "URL", value_delimiter = ',')]
+    pub report_targets: Vec<String>,
+    /// Calls in flight at once (each is a pre-check, then a report).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub concurrency: u32,
+    /// How long to run (e.g. 10s). Default 10s unless --calls is given.
+    #[arg(long, value_parser = parse_duration, conflicts_with = "calls")]
+    pub duration: Option<Duration>,
+    /// Run exactly this many calls.
+    #[arg(long)]
+    pub calls: Option<u64>,
+    /// Client-side timeout per RPC.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Seed of the key and size RNGs (worker w uses seed + w).
+    #[arg(long, default_value_t = 0x5eed)]
+    pub seed: u64,
+    /// Tokens each call uses: fixed:N, uniform:LO:HI or exp:MEAN[:MAX].
+    #[arg(long, default_value = "exp:300")]
+    pub size: SizeDist,
+    /// Key distribution (hot, uniform:N, zipf:N:S): which user makes each call.
+    #[arg(long, default_value = "hot")]
+    pub keys: KeyDist,
+    #[arg(long, default_value = "loadtest")]
+    pub domain: String,
+    /// Entry key of the descriptor(s).
+    #[arg(long = "descriptor-key", value_name = "NAME", value_delimiter = ',', default_values_t = ["user".to_string()])]
+    pub descriptor_keys: Vec<String>,
+    /// Descriptors per request.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub descriptors: u32,
+    /// TAG of the descriptor values (default: fresh per run).
+    #[arg(long)]
+    pub key_tag: Option<String>,
+    /// The budget per key, as RPU/UNIT (e.g. 1000/minute).
+    #[arg(long, value_name = "RPU/UNIT")]
+    pub limit: LimitSpec,
+    /// Budget capacity C (default: RPU).
+    #[arg(long)]
+    pub burst: Option<u32>,
+    /// Send --limit as each descriptor's RateLimitOverride, so no service config is needed.
+    #[arg(long = "override")]
+    pub send_override: bool,
+    /// Count every answered report as charged, OVER_LIMIT included: for a rule that charges
+    /// usage into debt. Without it a report is charged only when answered OK (all or nothing).
+    #[arg(long)]
+    pub charge_over_limit: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+impl UsageArgs {
+    pub fn plan(&self) -> UsagePlan {
+        let key_tag = self.key_tag.clone().unwrap_or_else(fresh_key_tag);
+        UsagePlan {
+            targets: self.targets.iter().map(|t| normalize_target(t)).collect(),
+            report_targets: self
+                .report_targets
+                .iter()
+                .map(|t| normalize_target(t))
+                .collect(),
+            concurrency: self.concurrency as usize,
+            stop: match (self.calls, self.duration) {
+                (Some(n), _) => Stop::Requests(n),
+                (None, Some(d)) => Stop::After(d),
+                (None, None) => Stop::After(Duration::from_secs(10)),
+            },
+            timeout: self.timeout,
+            shape: RequestShape::new(
+                &self.domain,
+                self.descriptors as usize,
+                &self.descriptor_keys,
+                &key_tag,
+                None,
+                self.send_override.then_some(self.limit),
+            ),
+            keys: self.keys,
+            sizes: self.size,
+            seed: self.seed,
+            limit: self.limit,
+            bucket: Bucket::new(self.limit, self.burst),
+            charge_over_limit: self.charge_over_limit,
+        }
+    }
 }
 
 const SCENARIO_HELP: &str = "\
@@ -391,6 +493,42 @@ mod tests {
         assert!(plan.track_keys);
         assert!(plan.shape.override_limit.is_some());
         assert_eq!(plan.shape.key_value(3), "t-3");
+    }
+
+    #[test]
+    fn usage_flags_become_a_plan() {
+        let cli = Cli::try_parse_from([
+            "tollgate-load",
+            "usage",
+            "--target",
+            "127.0.0.1:1",
+            "--report-target",
+            "127.0.0.1:2",
+            "--calls",
+            "20",
+            "--size",
+            "uniform:100:500",
+            "--limit",
+            "1000/minute",
+            "--override",
+            "--charge-over-limit",
+        ])
+        .expect("valid flags");
+        let Command::Usage(u) = cli.command else {
+            panic!("expected usage");
+        };
+        let plan = u.plan();
+        assert_eq!(plan.targets, ["http://127.0.0.1:1"]);
+        assert_eq!(plan.report_targets, ["http://127.0.0.1:2"]);
+        assert_eq!(plan.stop, Stop::Requests(20));
+        assert_eq!(plan.sizes.max(), 500);
+        assert!(plan.charge_over_limit);
+        assert_eq!(plan.bucket.capacity, 1_000.0);
+        assert!(plan.shape.override_limit.is_some());
+        assert!(
+            Cli::try_parse_from(["tollgate-load", "usage"]).is_err(),
+            "--limit is required"
+        );
     }
 
     #[test]

@@ -8,8 +8,11 @@
 //!   [`accuracy`]: admitted per key against an ideal token bucket.
 //! - [`noop`]: the no-op ShouldRateLimit server; [`scenario`]: replication presets;
 //!   [`h2load_body`]: a request body for h2load.
+//! - [`usage`]: usage-style traffic (a pre-check, then a usage report of a size drawn from
+//!   [`sizes`]), assessed against the ideal budget by [`budget`].
 
 pub mod accuracy;
+pub mod budget;
 pub mod cli;
 pub mod driver;
 pub mod h2load_body;
@@ -18,4 +21,6 @@ pub mod noop;
 pub mod report;
 pub mod request;
 pub mod scenario;
+pub mod sizes;
 pub mod stats;
+pub mod usage;

@@ -6,9 +6,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 
-use tollgate_load::cli::{Cli, Command, H2loadBodyArgs, LoadArgs, NoopArgs, RunArgs};
+use tollgate_load::cli::{Cli, Command, H2loadBodyArgs, LoadArgs, NoopArgs, RunArgs, UsageArgs};
 use tollgate_load::report::{Report, Setup};
 use tollgate_load::request::RequestShape;
+use tollgate_load::usage::{self, UsageReport};
 use tollgate_load::{driver, h2load_body, noop, scenario};
 
 fn main() -> anyhow::Result<()> {
@@ -17,6 +18,7 @@ fn main() -> anyhow::Result<()> {
         Command::Run(a) => a.load.output.threads,
         Command::Scenario(a) => a.load.output.threads,
         Command::NoopServer(a) => a.threads,
+        Command::Usage(a) => a.output.threads,
         Command::MakeH2loadBody(a) => return make_h2load_body(a),
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -36,6 +38,7 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
             Command::NoopServer(a) => noop_server(a).await,
+            Command::Usage(a) => usage_run(a).await,
             Command::MakeH2loadBody(_) => Ok(()),
         }
     })
@@ -49,6 +52,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         &Report::build(setup, result, args.load.bucket()),
         &args.load,
     );
+    Ok(())
+}
+
+async fn usage_run(args: UsageArgs) -> anyhow::Result<()> {
+    let plan = args.plan();
+    let result = usage::run(plan.clone()).await?;
+    let report = UsageReport::build(&plan, result);
+    if args.output.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_text());
+    }
     Ok(())
 }
 

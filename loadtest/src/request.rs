@@ -18,6 +18,7 @@ use envoy_types::pb::envoy::extensions::common::ratelimit::v3::{
     RateLimitDescriptor,
 };
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+use envoy_types::pb::google::protobuf::UInt64Value;
 
 use crate::accuracy::LimitSpec;
 
@@ -89,6 +90,16 @@ impl RequestShape {
         format!("{}-{}", self.key_tag, index)
     }
 
+    /// The request for key `index` with every descriptor's own `hits_addend` set to `hits`:
+    /// 0 is a pre-check that consumes nothing (the request-level field would read 0 as 1).
+    pub fn build_with_hits(&self, index: u64, hits: u64) -> RateLimitRequest {
+        let mut req = self.build(index);
+        for d in &mut req.descriptors {
+            d.hits_addend = Some(UInt64Value { value: hits });
+        }
+        req
+    }
+
     pub fn build(&self, index: u64) -> RateLimitRequest {
         let value = self.key_value(index);
         let limit = self.override_limit.map(|l| RateLimitOverride {
@@ -142,6 +153,22 @@ mod tests {
             .map(|d| (d.entries[0].key.as_str(), d.entries[0].value.as_str()))
             .collect();
         assert_eq!(entries, [("user", "run7-42"), ("path", "run7-42")]);
+    }
+
+    #[test]
+    fn a_usage_request_sets_every_descriptors_own_hits() {
+        let shape = RequestShape::new("d", 2, &[], "t", None, None);
+        let check = shape.build_with_hits(1, 0);
+        assert_eq!(check.hits_addend, 0);
+        assert!(check
+            .descriptors
+            .iter()
+            .all(|d| d.hits_addend == Some(UInt64Value { value: 0 })));
+        let report = shape.build_with_hits(1, 812);
+        assert!(report
+            .descriptors
+            .iter()
+            .all(|d| d.hits_addend == Some(UInt64Value { value: 812 })));
     }
 
     #[test]
