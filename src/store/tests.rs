@@ -25,6 +25,7 @@ fn charge(k: &str, limit: Limit, hits: u64) -> Charge {
         limit,
         hits,
         enforce: true,
+        rule: 1,
     }
 }
 
