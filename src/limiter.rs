@@ -333,7 +333,17 @@ impl Limiter {
                     k.finish()
                 };
                 let rule = crate::store::budget::OVERRIDES;
-                bucket_plan(&mut charges, current, limit, key, hits, stats, None, false, rule)
+                bucket_plan(
+                    &mut charges,
+                    current,
+                    limit,
+                    key,
+                    hits,
+                    stats,
+                    None,
+                    false,
+                    rule,
+                )
             } else {
                 match rule {
                     None => Plan::NoLimit,

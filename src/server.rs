@@ -91,7 +91,8 @@ fn settled_read(
     path: &std::path::Path,
     policy: &config::LoadPolicy,
 ) -> anyhow::Result<Vec<(String, String)>> {
-    let read = || config::read_path_within(path, policy.max_bytes).map_err(|e| anyhow::anyhow!("{e}"));
+    let read =
+        || config::read_path_within(path, policy.max_bytes).map_err(|e| anyhow::anyhow!("{e}"));
     let mut files = read()?;
     for _ in 0..20 {
         std::thread::sleep(Duration::from_millis(50));
@@ -101,7 +102,10 @@ fn settled_read(
         }
         files = again;
     }
-    anyhow::bail!("config at {} kept changing while being read", path.display())
+    anyhow::bail!(
+        "config at {} kept changing while being read",
+        path.display()
+    )
 }
 
 /// Bind, start everything, and return once both listeners accept connections.

@@ -360,7 +360,10 @@ impl ServeArgs {
             ("peer_tls_key", path(&self.peer_tls_key)),
             ("peer_tls_ca", path(&self.peer_tls_ca)),
             ("peer_tls_server_name", self.peer_tls_server_name.clone()),
-            ("max_connections", self.max_connections.map(|v| v.to_string())),
+            (
+                "max_connections",
+                self.max_connections.map(|v| v.to_string()),
+            ),
             ("idle_timeout", self.idle_timeout.clone()),
             ("header_read_timeout", self.header_read_timeout.clone()),
             (
@@ -371,7 +374,10 @@ impl ServeArgs {
                 "allow_empty_config",
                 self.allow_empty_config.map(|b| b.to_string()),
             ),
-            ("max_config_bytes", self.max_config_bytes.map(|v| v.to_string())),
+            (
+                "max_config_bytes",
+                self.max_config_bytes.map(|v| v.to_string()),
+            ),
         ];
         for (key, value) in overrides {
             b = b.set_override_option(key, value)?;
@@ -453,7 +459,9 @@ impl Settings {
             ));
         }
         if self.max_config_bytes == 0 {
-            return Err(SettingsError::Invalid("max_config_bytes must be > 0".into()));
+            return Err(SettingsError::Invalid(
+                "max_config_bytes must be > 0".into(),
+            ));
         }
         Ok(())
     }

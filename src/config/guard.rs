@@ -187,7 +187,10 @@ mod tests {
 
     #[test]
     fn a_hundred_thousand_nested_brackets_are_refused_at_once_with_the_line() {
-        let text = format!("domain: a\ndescriptors:\n  - key: k\n    value: {}\n", "[".repeat(100_000));
+        let text = format!(
+            "domain: a\ndescriptors:\n  - key: k\n    value: {}\n",
+            "[".repeat(100_000)
+        );
         let started = std::time::Instant::now();
         let err = LoadPolicy::default().parse(&files(&[&text])).unwrap_err();
         assert!(started.elapsed() < std::time::Duration::from_secs(1));

@@ -121,8 +121,7 @@ impl Budget {
             return Err(ReadError::TooLarge { max: self.max });
         }
         self.left -= bytes.len();
-        String::from_utf8(bytes).map_err(|e| {
-            ReadError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
-        })
+        String::from_utf8(bytes)
+            .map_err(|e| ReadError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
     }
 }

@@ -40,10 +40,13 @@ mod tests {
         let mut b = AcceptBackoff::default();
         let (d, first) = b.failed();
         assert_eq!((d, first), (FIRST, true));
-        let delays: Vec<Duration> = (0..12).map(|_| b.failed()).map(|(d, f)| {
-            assert!(!f);
-            d
-        }).collect();
+        let delays: Vec<Duration> = (0..12)
+            .map(|_| b.failed())
+            .map(|(d, f)| {
+                assert!(!f);
+                d
+            })
+            .collect();
         assert_eq!(delays[0], FIRST * 2);
         assert_eq!(*delays.last().expect("some"), MAX);
         assert!(b.succeeded());

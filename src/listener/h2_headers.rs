@@ -21,7 +21,10 @@ enum State {
     /// Bytes of the preface still to come.
     Preface(usize),
     /// A frame header, `have` bytes of it read so far.
-    FrameHeader { buf: [u8; FRAME_HEADER_LEN], have: usize },
+    FrameHeader {
+        buf: [u8; FRAME_HEADER_LEN],
+        have: usize,
+    },
     /// Payload bytes still to skip; `ends_block` when this frame carries END_HEADERS.
     Payload { remaining: usize, ends_block: bool },
 }
@@ -152,7 +155,17 @@ mod tests {
 
     fn frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
         let len = payload.len();
-        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags, 0, 0, 0, 1];
+        let mut f = vec![
+            (len >> 16) as u8,
+            (len >> 8) as u8,
+            len as u8,
+            kind,
+            flags,
+            0,
+            0,
+            0,
+            1,
+        ];
         f.extend_from_slice(payload);
         f
     }
@@ -162,7 +175,11 @@ mod tests {
         let mut w = HeaderWatch::new(5);
         assert_eq!(w.deadline(T), Some(5 + T.as_nanos() as u64));
         w.feed(&PREFACE[..10], 6);
-        assert_eq!(w.deadline(T), Some(5 + T.as_nanos() as u64), "still since accept");
+        assert_eq!(
+            w.deadline(T),
+            Some(5 + T.as_nanos() as u64),
+            "still since accept"
+        );
         w.feed(&PREFACE[10..], 7);
         assert_eq!(w.deadline(T), None);
     }
@@ -209,6 +226,10 @@ mod tests {
         w.feed(PREFACE, 1);
         let f = frame(0x0, 0, b"0123456789");
         w.feed(&f[..12], 2);
-        assert_eq!(w.deadline(T), None, "payload of DATA is the idle timeout's business");
+        assert_eq!(
+            w.deadline(T),
+            None,
+            "payload of DATA is the idle timeout's business"
+        );
     }
 }

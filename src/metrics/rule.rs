@@ -65,8 +65,14 @@ impl RuleStats {
             usage: metrics.gauge("token_bucket_current_usage", labels()),
             refill_delay: metrics.gauge("token_bucket_refill_delay", labels()),
             rejection_rate: metrics.gauge("token_bucket_rejection_rate", labels()),
-            keys_shared: metrics.counter("tollgate_rule_keys_over_budget_total", with(labels(), "shared")),
-            keys_denied: metrics.counter("tollgate_rule_keys_over_budget_total", with(labels(), "denied")),
+            keys_shared: metrics.counter(
+                "tollgate_rule_keys_over_budget_total",
+                with(labels(), "shared"),
+            ),
+            keys_denied: metrics.counter(
+                "tollgate_rule_keys_over_budget_total",
+                with(labels(), "denied"),
+            ),
             live_keys: metrics.gauge("tollgate_rule_live_keys", labels()),
             full_at: AtomicI64::new(0),
             empty_since: AtomicI64::new(0),

@@ -34,6 +34,9 @@ pub struct Budgets {
     pooled: AtomicUsize,
     /// Keys each budgeted slot may always have.
     reserve: AtomicUsize,
+    /// Keys beyond reservations: `max_keys` less every reservation (all of it before any
+    /// rules are set, so a store used on its own keeps its whole cap).
+    pool: AtomicUsize,
 }
 
 impl Budgets {
@@ -45,6 +48,7 @@ impl Budgets {
             live: (0..SLOTS).map(|_| AtomicUsize::new(0)).collect(),
             pooled: AtomicUsize::new(0),
             reserve: AtomicUsize::new(0),
+            pool: AtomicUsize::new(max_keys),
         }
     }
 
@@ -70,8 +74,10 @@ impl Budgets {
         }
         // Slots of removed rules keep their counts until GC empties them; they are not reused.
         let budgeted = map.values().filter(|&&s| s != 0).count().max(1);
-        self.reserve
-            .store(self.max_keys / 2 / budgeted, Ordering::Relaxed);
+        let reserve = self.max_keys / 2 / budgeted;
+        self.reserve.store(reserve, Ordering::Relaxed);
+        self.pool
+            .store(self.max_keys - reserve * budgeted, Ordering::Relaxed);
         self.slots.store(Arc::new(map));
         self.recount();
     }
@@ -96,8 +102,8 @@ impl Budgets {
         if live < reserve {
             return true;
         }
-        let pool = self.max_keys - self.max_keys / 2;
-        self.pooled.load(Ordering::Relaxed) < pool && live_total < self.max_keys
+        self.pooled.load(Ordering::Relaxed) < self.pool.load(Ordering::Relaxed)
+            && live_total < self.max_keys
     }
 
     pub fn added(&self, slot: u32) {

@@ -392,9 +392,7 @@ impl Store {
             budget_slots.push(slot);
             let own = pos.is_some()
                 || c.hits == 0
-                || self
-                    .budgets
-                    .admits(slot, self.live.load(Ordering::Relaxed));
+                || self.budgets.admits(slot, self.live.load(Ordering::Relaxed));
             let (placement, id, pos) = if own {
                 (Placement::Own, c.key.0, pos)
             } else {

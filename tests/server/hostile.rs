@@ -75,13 +75,13 @@ impl Server {
 
     /// CPU seconds the process has used (user + system), from /proc.
     fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
-            .expect("proc stat");
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).expect("proc stat");
         // Fields after the command name (which is in parentheses): utime is the 14th field.
         let after = &stat[stat.rfind(')').expect("comm") + 2..];
         let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks: f64 = fields[11].parse::<f64>().expect("utime")
-            + fields[12].parse::<f64>().expect("stime");
+        let ticks: f64 =
+            fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
         ticks / 100.0
     }
 
@@ -107,7 +107,11 @@ impl Drop for Server {
 fn http_get(port: u16, path: &str, timeout: Duration) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(timeout)).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     out.starts_with("HTTP/1.1 200").then_some(out)
@@ -169,11 +173,16 @@ fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     let mut buf = [0u8; 4096];
     while Instant::now() < deadline {
-        s.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
         match s.read(&mut buf) {
             Ok(0) => return true,
             Ok(_) => {}
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             Err(_) => return true,
         }
     }
@@ -204,10 +213,13 @@ fn a_stream_flood_on_one_grpc_connection_is_refused_beyond_the_advertised_limit(
         })
     };
     let mut refused = false;
-    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
     while let Some((kind, _, _, payload)) = read_frame(&mut s) {
         // RST_STREAM(REFUSED_STREAM) or GOAWAY: the server pushes back.
-        let code = payload.get(..4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+        let code = payload
+            .get(..4)
+            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
         if (kind == 0x3 && code == Some(0x7)) || kind == 0x7 {
             refused = true;
             break;
@@ -227,8 +239,14 @@ fn idle_connections_are_closed_after_the_idle_timeout_on_both_ports() {
     let mut grpc = TcpStream::connect(("127.0.0.1", server.grpc)).expect("connect");
     h2_handshake(&mut grpc);
     let mut http = TcpStream::connect(("127.0.0.1", server.http)).expect("connect");
-    assert!(closed_within(&mut grpc, Duration::from_secs(5)), "gRPC idle connection closed");
-    assert!(closed_within(&mut http, Duration::from_secs(5)), "HTTP idle connection closed");
+    assert!(
+        closed_within(&mut grpc, Duration::from_secs(5)),
+        "gRPC idle connection closed"
+    );
+    assert!(
+        closed_within(&mut http, Duration::from_secs(5)),
+        "HTTP idle connection closed"
+    );
     let metrics = http_get(server.http, "/metrics", Duration::from_secs(2)).expect("metrics");
     assert!(
         metrics.contains("tollgate_connections_closed_total{port=\"grpc\",reason=\"idle\"} 1"),
@@ -249,7 +267,9 @@ fn a_client_trickling_header_bytes_is_cut_off_on_both_ports() {
     // One byte every 100 ms on each connection: never idle, never a complete header block.
     for i in 0..60 {
         if grpc_open {
-            grpc_open = grpc.write_all(&headers[i % (headers.len() - 1)..][..1]).is_ok()
+            grpc_open = grpc
+                .write_all(&headers[i % (headers.len() - 1)..][..1])
+                .is_ok()
                 && !closed_within(&mut grpc, Duration::from_millis(50));
         }
         if http_open {
@@ -262,7 +282,11 @@ fn a_client_trickling_header_bytes_is_cut_off_on_both_ports() {
     }
     assert!(!grpc_open, "trickling gRPC headers cut off");
     assert!(!http_open, "trickling HTTP/1 headers cut off");
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -281,9 +305,17 @@ fn connections_beyond_the_bound_wait_until_one_closes() {
     drop(held);
     let deadline = Instant::now() + Duration::from_secs(5);
     while http_get(server.http, "/healthz", Duration::from_secs(1)).is_none() {
-        assert!(Instant::now() < deadline, "served again once connections closed");
+        assert!(
+            Instant::now() < deadline,
+            "served again once connections closed"
+        );
     }
-    assert_eq!(server.logs().matches("connection limit reached").count(), 1, "{}", server.logs());
+    assert_eq!(
+        server.logs().matches("connection limit reached").count(),
+        1,
+        "{}",
+        server.logs()
+    );
 }
 
 #[test]
@@ -298,13 +330,19 @@ fn running_out_of_file_descriptors_backs_off_logs_once_and_recovers() {
     let cpu_before = server.cpu_seconds();
     std::thread::sleep(Duration::from_secs(2));
     let spent = server.cpu_seconds() - cpu_before;
-    assert!(spent < 0.5, "accept loop spent {spent:.2} CPU s in 2 s out of descriptors");
+    assert!(
+        spent < 0.5,
+        "accept loop spent {spent:.2} CPU s in 2 s out of descriptors"
+    );
     let logs = server.logs();
     assert_eq!(logs.matches("accept failing").count(), 1, "{logs}");
     drop(held);
     let deadline = Instant::now() + Duration::from_secs(10);
     while http_get(server.http, "/healthz", Duration::from_secs(1)).is_none() {
-        assert!(Instant::now() < deadline, "serving again once descriptors are free");
+        assert!(
+            Instant::now() < deadline,
+            "serving again once descriptors are free"
+        );
     }
 }
 
@@ -312,13 +350,22 @@ fn running_out_of_file_descriptors_backs_off_logs_once_and_recovers() {
 fn an_empty_config_directory_is_refused_at_start_unless_allowed() {
     let dir = tempfile::tempdir().expect("tmp");
     let out = Command::new(BIN)
-        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--config"])
+        .args([
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--config",
+        ])
         .arg(dir.path())
         .output()
         .expect("runs");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no config files") && err.contains("--allow-empty-config"), "{err}");
+    assert!(
+        err.contains("no config files") && err.contains("--allow-empty-config"),
+        "{err}"
+    );
     let config = dir.path().display().to_string();
     let server = Server::start(&["--config", &config, "--allow-empty-config", "true"]);
     let served = http_get(server.http, "/rlconfig", Duration::from_secs(2)).expect("rlconfig");
@@ -344,7 +391,9 @@ fn a_config_over_the_size_bound_is_refused_with_the_bound_named() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("big.yaml") && err.contains("10000 bytes") && err.contains("--max-config-bytes"),
+        err.contains("big.yaml")
+            && err.contains("10000 bytes")
+            && err.contains("--max-config-bytes"),
         "{err}"
     );
 }

@@ -28,7 +28,9 @@ async fn one_rules_flood_of_drained_keys_does_not_deny_another_rules_new_keys() 
     assert_eq!(over, 0, "new keys of the other rule denied");
     let m = h.get_text("/metrics").await;
     assert!(
-        m.contains("tollgate_rule_keys_over_budget_total{domain=\"d\",limit=\"flood\",action=\"shared\"}"),
+        m.contains(
+            "tollgate_rule_keys_over_budget_total{domain=\"d\",limit=\"flood\",action=\"shared\"}"
+        ),
         "the flooding rule is counted: {m}"
     );
     assert!(

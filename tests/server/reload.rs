@@ -97,7 +97,10 @@ async fn an_empty_config_is_served_only_when_allowed() {
     })
     .await;
     let m = h.get_text("/metrics").await;
-    assert!(m.contains("tollgate_config_loads_total{result=\"ok\"} 2"), "{m}");
+    assert!(
+        m.contains("tollgate_config_loads_total{result=\"ok\"} 2"),
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -108,7 +111,8 @@ async fn a_file_written_in_two_parts_is_never_served_half_written() {
     .await;
     let path = h.dir.path().join("config.yaml");
     // The first part alone is a valid config (rule `a` only): served, it would drop rule `b`.
-    let first = "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: hour, requests_per_unit: 5}\n";
+    let first =
+        "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: hour, requests_per_unit: 5}\n";
     let writer = tokio::task::spawn_blocking(move || {
         use std::io::Write;
         for k in 0..16 {
@@ -129,7 +133,10 @@ async fn a_file_written_in_two_parts_is_never_served_half_written() {
     let mut polls = 0;
     while !writer.is_finished() {
         let served = h.get_text("/rlconfig").await;
-        assert!(served.contains("d.b"), "half a file served after {polls} polls: {served}");
+        assert!(
+            served.contains("d.b"),
+            "half a file served after {polls} polls: {served}"
+        );
         polls += 1;
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
