@@ -1,8 +1,7 @@
 //! `/metrics` rendering, kept off the request workers.
 //!
 //! Rendering the exposition walks every series: with thousands of rules it takes long enough
-//! (hundreds of milliseconds at 12k rules, seconds beyond) that doing it on a runtime worker
-//! stalls the gRPC requests queued behind it. So it runs on the blocking pool, one render at a
+//! that doing it on a runtime worker stalls the gRPC requests queued behind it. So it runs on the blocking pool, one render at a
 //! time: concurrent scrapers wait their turn (bounded), they do not multiply the work.
 
 use std::sync::Arc;
