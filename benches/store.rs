@@ -53,6 +53,7 @@ fn charge(k: KeyId) -> [Charge; 1] {
         limit: limit(),
         hits: 1,
         enforce: true,
+        rule: 1,
     }]
 }
 

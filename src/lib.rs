@@ -9,6 +9,7 @@ pub mod clock;
 pub mod config;
 pub mod http;
 pub mod limiter;
+pub mod listener;
 pub mod metrics;
 pub mod readiness;
 pub mod reload;

@@ -182,6 +182,7 @@ impl Limiter {
         near_ratio: f64,
     ) -> Limiter {
         let active = Active::build(config, &metrics, None);
+        set_budgets(&store, &active.config);
         Limiter {
             active: ArcSwap::from_pointee(active),
             store,
@@ -197,6 +198,7 @@ impl Limiter {
     pub fn swap_config(&self, config: RateLimitConfig) {
         let previous = self.active.load();
         let next = Active::build(config, &self.metrics, Some(&previous));
+        set_budgets(&self.store, &next.config);
         self.active.store(Arc::new(next));
     }
 
@@ -330,7 +332,18 @@ impl Limiter {
                     push_entries(&mut k, d);
                     k.finish()
                 };
-                bucket_plan(&mut charges, current, limit, key, hits, stats, None, false)
+                let rule = crate::store::budget::OVERRIDES;
+                bucket_plan(
+                    &mut charges,
+                    current,
+                    limit,
+                    key,
+                    hits,
+                    stats,
+                    None,
+                    false,
+                    rule,
+                )
             } else {
                 match rule {
                     None => Plan::NoLimit,
@@ -372,6 +385,7 @@ impl Limiter {
                                 stats,
                                 detailed,
                                 r.shadow_mode,
+                                r.id,
                             )
                         }
                     },
@@ -448,6 +462,7 @@ impl Limiter {
                             Placement::Shared => self.metrics.keys_shared.increment(1),
                             _ => self.metrics.keys_denied.increment(1),
                         }
+                        stats.over_budget(v.placement == Placement::Shared);
                     }
                     let code = if over && !shadow {
                         overall = Code::OverLimit;
@@ -513,8 +528,9 @@ impl Limiter {
     pub fn refresh_gauges(&self) {
         let now = self.clock.now();
         let active = self.active.load();
-        for s in active.stats.values() {
+        for (id, s) in &active.stats {
             s.refresh(now);
+            s.set_live_keys(self.store.budgets().live_of(*id));
         }
         for s in active.overrides.values() {
             s.refresh(now);
@@ -522,6 +538,17 @@ impl Limiter {
         active.unknown_overrides.refresh(now);
         self.metrics.live_keys.set(self.store.live_keys() as f64);
     }
+}
+
+/// Each rule with a bucket, and limit overrides, get a share of the key budget.
+fn set_budgets(store: &Store, config: &RateLimitConfig) {
+    let rules = config
+        .rules()
+        .filter(|r| rule_bucket(r).is_some())
+        .map(|r| r.id);
+    store
+        .budgets()
+        .set_rules(rules.chain([crate::store::budget::OVERRIDES]));
 }
 
 /// A descriptor with a limit: a bucket to charge, or a block when the limit admits nothing.
@@ -535,6 +562,7 @@ fn bucket_plan<'a>(
     stats: &'a Arc<RuleStats>,
     detailed: Option<Label>,
     shadow: bool,
+    rule: u64,
 ) -> Plan<'a> {
     let Some(limit) = limit else {
         return Plan::Blocked {
@@ -548,6 +576,7 @@ fn bucket_plan<'a>(
         limit,
         hits,
         enforce: !shadow,
+        rule,
     });
     Plan::Bucket {
         charge: charges.len() - 1,

@@ -17,6 +17,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{self, RateLimitConfig};
 use crate::http::{self, HttpState};
 use crate::limiter::{Limiter, RequestBounds};
+use crate::listener::{self, Limits, Listener};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::reload::Reloader;
@@ -60,19 +61,51 @@ impl Running {
     }
 }
 
-/// Read the config the settings name, or the embedded example.
+/// Read the config the settings name, or the embedded example. A file still being written is
+/// read again until two reads agree, so startup never serves half a file either.
 pub fn initial_config(
     settings: &Settings,
 ) -> anyhow::Result<(RateLimitConfig, Vec<(String, String)>)> {
     match &settings.config {
         None => Ok((RateLimitConfig::embedded_default(), Vec::new())),
         Some(path) => {
-            let files = config::read_path(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let cfg = RateLimitConfig::from_files(&files)
+            let policy = load_policy(settings);
+            let files = settled_read(path, &policy)?;
+            let cfg = policy
+                .parse(&files)
                 .map_err(|e| anyhow::anyhow!("invalid rate limit config:\n{e}"))?;
             Ok((cfg, files))
         }
     }
+}
+
+fn load_policy(s: &Settings) -> config::LoadPolicy {
+    config::LoadPolicy {
+        allow_empty: s.allow_empty_config,
+        max_bytes: s.max_config_bytes,
+    }
+}
+
+/// Read until two reads 50 ms apart agree (at most 20 tries).
+fn settled_read(
+    path: &std::path::Path,
+    policy: &config::LoadPolicy,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let read =
+        || config::read_path_within(path, policy.max_bytes).map_err(|e| anyhow::anyhow!("{e}"));
+    let mut files = read()?;
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(50));
+        let again = read()?;
+        if again == files {
+            return Ok(files);
+        }
+        files = again;
+    }
+    anyhow::bail!(
+        "config at {} kept changing while being read",
+        path.display()
+    )
 }
 
 /// Bind, start everything, and return once both listeners accept connections.
@@ -158,13 +191,15 @@ pub async fn start_with_clock(
         .set_service_status(rls::SERVICE_NAME, ServingStatus::Serving)
         .await;
 
-    let incoming =
-        tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+    let limits = connection_limits(&settings);
+    let incoming = Listener::new(grpc_listener, "grpc", &limits, &metrics, true).into_incoming();
     let rls = RlsService::new(limiter.clone(), readiness.clone());
     let grpc_stop = CancellationToken::new();
     let grpc = tokio::spawn({
         let grpc_stop = grpc_stop.clone();
         tonic::transport::Server::builder()
+            // One connection must not open streams without end (each costs memory).
+            .max_concurrent_streams(settings.max_concurrent_streams)
             .add_service(health_service)
             .add_service(RateLimitServiceServer::new(rls))
             .serve_with_incoming_shutdown(incoming, grpc_stop.cancelled_owned())
@@ -175,25 +210,25 @@ pub async fn start_with_clock(
         limiter: limiter.clone(),
         readiness: readiness.clone(),
     });
-    let http = tokio::spawn({
-        let http_stop = http_stop.clone();
-        async move {
-            axum::serve(http_listener, app)
-                .with_graceful_shutdown(http_stop.cancelled_owned())
-                .await
-        }
-    });
+    let http = tokio::spawn(listener::serve_http(
+        Listener::new(http_listener, "http", &limits, &metrics, false),
+        app,
+        settings.max_concurrent_streams,
+        http_stop.clone(),
+    ));
 
     let background = CancellationToken::new();
     tokio::spawn(housekeeping(limiter.clone(), background.clone()));
     if let Some(path) = &settings.config {
-        let reloader = Reloader {
-            path: path.clone(),
-            interval: settings.reload_interval,
-            limiter: limiter.clone(),
-            last: files,
-        };
-        tokio::spawn(reloader.run(background.clone()));
+        Reloader::new(
+            path.clone(),
+            settings.reload_interval,
+            limiter.clone(),
+            load_policy(&settings),
+            files,
+        )
+        .spawn(background.clone())
+        .context("cannot start the config reload thread")?;
     }
     info!(%grpc_addr, %http_addr, "tollgate serving");
 
@@ -254,6 +289,14 @@ pub async fn start_with_clock(
         stop,
         done,
     })
+}
+
+fn connection_limits(s: &Settings) -> Limits {
+    Limits {
+        max_connections: s.max_connections,
+        idle_timeout: s.idle_timeout,
+        header_read_timeout: s.header_read_timeout,
+    }
 }
 
 fn replication_settings(s: &Settings) -> anyhow::Result<ReplicationSettings> {

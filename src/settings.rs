@@ -145,6 +145,24 @@ pub struct ServeArgs {
     /// Name peers' certificates must be valid for [default: the host of the address dialed]
     #[arg(long, env = "TOLLGATE_PEER_TLS_SERVER_NAME", value_name = "NAME")]
     pub peer_tls_server_name: Option<String>,
+    /// Open connections per port (gRPC, HTTP) beyond which new ones wait [default: 10000]
+    #[arg(long, env = "TOLLGATE_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// A client connection with no traffic for this long is closed [default: 5m]
+    #[arg(long, env = "TOLLGATE_IDLE_TIMEOUT", value_name = "DURATION")]
+    pub idle_timeout: Option<String>,
+    /// A request's headers must arrive within this [default: 10s]
+    #[arg(long, env = "TOLLGATE_HEADER_READ_TIMEOUT", value_name = "DURATION")]
+    pub header_read_timeout: Option<String>,
+    /// HTTP/2 streams one connection may have open at once [default: 200]
+    #[arg(long, env = "TOLLGATE_MAX_CONCURRENT_STREAMS", value_name = "N")]
+    pub max_concurrent_streams: Option<u32>,
+    /// Serve a config with no domains (an empty directory) instead of refusing it [default: false]
+    #[arg(long, env = "TOLLGATE_ALLOW_EMPTY_CONFIG", value_name = "BOOL")]
+    pub allow_empty_config: Option<bool>,
+    /// Largest rate limit config accepted, all files together, in bytes [default: 4194304]
+    #[arg(long, env = "TOLLGATE_MAX_CONFIG_BYTES", value_name = "N")]
+    pub max_config_bytes: Option<usize>,
 }
 
 /// The resolved settings of `tollgate serve`.
@@ -191,6 +209,14 @@ pub struct Settings {
     pub peer_tls_key: Option<PathBuf>,
     pub peer_tls_ca: Option<PathBuf>,
     pub peer_tls_server_name: Option<String>,
+    pub max_connections: usize,
+    #[serde(deserialize_with = "de_duration")]
+    pub idle_timeout: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub header_read_timeout: Duration,
+    pub max_concurrent_streams: u32,
+    pub allow_empty_config: bool,
+    pub max_config_bytes: usize,
 }
 
 impl Default for Settings {
@@ -226,6 +252,12 @@ impl Default for Settings {
             peer_tls_key: None,
             peer_tls_ca: None,
             peer_tls_server_name: None,
+            max_connections: 10_000,
+            idle_timeout: Duration::from_secs(300),
+            header_read_timeout: Duration::from_secs(10),
+            max_concurrent_streams: 200,
+            allow_empty_config: false,
+            max_config_bytes: 4 << 20,
         }
     }
 }
@@ -278,7 +310,7 @@ impl ServeArgs {
         if let Some(path) = &self.settings {
             b = b.add_source(config::File::from(path.as_path()).required(true));
         }
-        let overrides: [(&str, Option<String>); 29] = [
+        let overrides: [(&str, Option<String>); 35] = [
             (
                 "config",
                 self.config.as_ref().map(|p| p.display().to_string()),
@@ -328,6 +360,24 @@ impl ServeArgs {
             ("peer_tls_key", path(&self.peer_tls_key)),
             ("peer_tls_ca", path(&self.peer_tls_ca)),
             ("peer_tls_server_name", self.peer_tls_server_name.clone()),
+            (
+                "max_connections",
+                self.max_connections.map(|v| v.to_string()),
+            ),
+            ("idle_timeout", self.idle_timeout.clone()),
+            ("header_read_timeout", self.header_read_timeout.clone()),
+            (
+                "max_concurrent_streams",
+                self.max_concurrent_streams.map(|v| v.to_string()),
+            ),
+            (
+                "allow_empty_config",
+                self.allow_empty_config.map(|b| b.to_string()),
+            ),
+            (
+                "max_config_bytes",
+                self.max_config_bytes.map(|v| v.to_string()),
+            ),
         ];
         for (key, value) in overrides {
             b = b.set_override_option(key, value)?;
@@ -392,7 +442,28 @@ impl Settings {
                 "max_descriptors, max_entries and max_bytes must be > 0".into(),
             ));
         }
+        self.validate_limits()?;
         self.validate_peer_tls()
+    }
+
+    /// A zero bound would refuse every connection, stream or config: a typo, not a choice.
+    fn validate_limits(&self) -> Result<(), SettingsError> {
+        if self.max_connections == 0 || self.max_concurrent_streams == 0 {
+            return Err(SettingsError::Invalid(
+                "max_connections and max_concurrent_streams must be > 0".into(),
+            ));
+        }
+        if self.idle_timeout.is_zero() || self.header_read_timeout.is_zero() {
+            return Err(SettingsError::Invalid(
+                "idle_timeout and header_read_timeout must be > 0".into(),
+            ));
+        }
+        if self.max_config_bytes == 0 {
+            return Err(SettingsError::Invalid(
+                "max_config_bytes must be > 0".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// mTLS needs all three files: with only some of them a node would either not start TLS

@@ -5,12 +5,13 @@
 //! the old config keeps serving. Files: `model.rs` (the YAML shape), `build.rs` (load-time
 //! checks and the lookup trees), `matcher.rs` and `glob.rs` (request matching), `render.rs`
 //! (the /rlconfig dump), `fingerprint.rs` (stable ids and hashes), `load.rs` (files and
-//! directories on disk), `default.yaml` (served when no config is given).
+//! directories on disk), `guard.rs` (size, nesting and empty-config bounds), `default.yaml` (served when no config is given).
 
 mod build;
 mod error;
 mod fingerprint;
 mod glob;
+mod guard;
 mod load;
 mod matcher;
 mod model;
@@ -19,7 +20,8 @@ mod render;
 mod tests;
 
 pub use error::{ConfigError, ConfigErrors};
-pub use load::{load_path, read_path};
+pub use guard::{check_nesting, LoadPolicy, MAX_FLOW_DEPTH, MAX_INDENT};
+pub use load::{load_path, read_path, read_path_within};
 
 use crate::unit::Unit;
 use matcher::Level;

@@ -2,6 +2,7 @@
 //! clients that are not Envoy, `/rlconfig` to see what is being served.
 
 pub mod json;
+mod scrape;
 
 use std::sync::Arc;
 
@@ -24,10 +25,11 @@ pub struct HttpState {
 }
 
 pub fn router(state: HttpState) -> Router {
+    let gate = scrape::ScrapeGate::default();
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(move |s| metrics(s, gate.clone())))
         .route("/json", post(json_decide))
         .route("/rlconfig", get(rlconfig))
         .with_state(state)
@@ -45,9 +47,11 @@ async fn readyz(State(s): State<HttpState>) -> Response {
     }
 }
 
-async fn metrics(State(s): State<HttpState>) -> Response {
-    s.limiter.refresh_gauges();
-    let body = s.limiter.metrics().render();
+async fn metrics(State(s): State<HttpState>, gate: scrape::ScrapeGate) -> Response {
+    let body = match gate.render(s.limiter.clone()).await {
+        Ok(b) => b,
+        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
+    };
     (
         [(
             header::CONTENT_TYPE,

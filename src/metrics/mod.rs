@@ -152,6 +152,9 @@ fn describe(r: &PrometheusRecorder) {
         d("tollgate_unknown_domain_total", "Requests for a domain no config defines (answered OK)."),
         d("tollgate_config_loads_total", "Config loads and reloads, by result."),
         d("tollgate_keys_over_cap_total", "Charges for new keys beyond the live-key cap: answered from a shared bucket, or denied."),
+        d("tollgate_rule_keys_over_budget_total", "New keys of a rule beyond its key budget: answered from a shared bucket, or denied."),
+        d("tollgate_connections_closed_total", "Client connections the server closed, by port and reason (idle, header_timeout)."),
+        d("tollgate_accept_errors_total", "Failed accepts on a port (e.g. out of file descriptors), retried with backoff."),
     ];
     for (name, help) in counters {
         r.describe_counter(name, None, help);
@@ -163,6 +166,8 @@ fn describe(r: &PrometheusRecorder) {
         d("token_bucket_refill_delay", "Seconds the rule's most drained bucket has been without a token (0 when every bucket has one)."),
         d("token_bucket_rejection_rate", "Share of the rule's decisions rejected over the last 60 s."),
         d("tollgate_live_keys", "Keys with a live bucket in this instance."),
+        d("tollgate_rule_live_keys", "Keys with a live bucket of the rule in this instance."),
+        d("tollgate_connections", "Open client connections, by port."),
         d("tollgate_ready", "1 when the instance answers correctly (config loaded, state synced)."),
         d("tollgate_build_info", "Build information; the value is always 1."),
     ];

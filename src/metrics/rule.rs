@@ -31,6 +31,10 @@ pub struct RuleStats {
     usage: Gauge,
     refill_delay: Gauge,
     rejection_rate: Gauge,
+    /// New keys answered from a shared overflow bucket / refused, over the rule's key budget.
+    keys_shared: Counter,
+    keys_denied: Counter,
+    live_keys: Gauge,
     /// Latest time any bucket of the rule will be full again: the most drained bucket's.
     full_at: AtomicI64,
     /// Since when some bucket of the rule has had no token, and until when it has none.
@@ -61,6 +65,15 @@ impl RuleStats {
             usage: metrics.gauge("token_bucket_current_usage", labels()),
             refill_delay: metrics.gauge("token_bucket_refill_delay", labels()),
             rejection_rate: metrics.gauge("token_bucket_rejection_rate", labels()),
+            keys_shared: metrics.counter(
+                "tollgate_rule_keys_over_budget_total",
+                with(labels(), "shared"),
+            ),
+            keys_denied: metrics.counter(
+                "tollgate_rule_keys_over_budget_total",
+                with(labels(), "denied"),
+            ),
+            live_keys: metrics.gauge("tollgate_rule_live_keys", labels()),
             full_at: AtomicI64::new(0),
             empty_since: AtomicI64::new(0),
             empty_until: AtomicI64::new(0),
@@ -104,6 +117,21 @@ impl RuleStats {
         if over {
             slot.rejected.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// A new key of this rule found the rule over its key budget: `shared` when it was
+    /// answered from an overflow bucket, else refused.
+    pub fn over_budget(&self, shared: bool) {
+        if shared {
+            self.keys_shared.increment(1);
+        } else {
+            self.keys_denied.increment(1);
+        }
+    }
+
+    /// The rule's live keys (set at scrape time).
+    pub fn set_live_keys(&self, n: usize) {
+        self.live_keys.set(n as f64);
     }
 
     /// Record a bucket's state after a decision: when it is full again, and whether it is out
@@ -167,6 +195,11 @@ impl RuleStats {
             self.refill_delay.set(self.refill_delay(now));
         }
     }
+}
+
+fn with(mut labels: Vec<Label>, action: &'static str) -> Vec<Label> {
+    labels.push(Label::new("action", action));
+    labels
 }
 
 #[cfg(test)]

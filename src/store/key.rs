@@ -13,10 +13,12 @@ use crate::bucket::Limit;
 pub struct KeyId(pub u128);
 
 impl KeyId {
-    /// The shared overflow bucket a key falls into when the store is at its key cap: one of
-    /// `buckets` per limit, so unrelated limits never share a bucket.
-    pub fn overflow_id(&self, limit: &Limit, buckets: u32) -> u128 {
+    /// The shared overflow bucket a key falls into when its rule is over its key budget: one
+    /// of `buckets` per rule and limit, so one rule's drained overflow buckets never deny
+    /// another rule's keys, and unrelated limits never share a bucket.
+    pub fn overflow_id(&self, limit: &Limit, rule: u64, buckets: u32) -> u128 {
         let mut h = KeyBuilder::new("\0overflow");
+        h.u64(rule);
         h.u64(limit.capacity() as u64);
         h.u64(limit.per_unit() as u64);
         h.u64(limit.unit_ns());

@@ -6,8 +6,9 @@
 //! always in ascending shard order, gives that atomicity without deadlocks; with 256 shards two
 //! requests rarely meet on one.
 //!
-//! Memory is bounded: beyond `max_keys` live keys, a new key is answered from one of a fixed
-//! number of shared overflow buckets of its limit (stricter than its own bucket, never
+//! Memory is bounded: beyond its rule's key budget (`budget.rs`: a reserved share of `max_keys`
+//! per rule, plus a pool any rule may use), a new key is answered from one of a fixed number of
+//! shared overflow buckets of its rule and limit (stricter than its own bucket, never
 //! unlimited); when even the overflow table is full, it is refused. Both are counted.
 //!
 //! Memory per key is even: a shard keeps its keys in a table of its own (`table.rs`) that grows
@@ -16,6 +17,7 @@
 //! 129-161 heap bytes, its 16-byte id included, at any count (BENCHMARKS.md figure 4: 153.4 at
 //! 1M keys, 8 bytes of it the refund counters' empty box).
 
+pub mod budget;
 mod key;
 mod table;
 #[cfg(test)]
@@ -32,6 +34,8 @@ use smallvec::SmallVec;
 pub use key::{KeyBuilder, KeyId};
 use table::{Packed, Pos, Side, Table};
 
+use budget::Budgets;
+
 use crate::bucket::{generation_at, BucketState, FairShare, Guard, Limit, Outcome, ReplicaId};
 
 /// One bucket to charge as part of a request.
@@ -43,6 +47,9 @@ pub struct Charge {
     pub hits: u64,
     /// `false` for shadow-mode rules: their verdict is reported but never blocks the request.
     pub enforce: bool,
+    /// The rule whose key budget a new key is counted in (`budget::OVERRIDES` for limit
+    /// overrides).
+    pub rule: u64,
 }
 
 /// The store's answer for one [`Charge`].
@@ -129,6 +136,8 @@ struct Entry {
     /// Bumped on every change (low 31 bits), and whether the key waits in its shard's dirty list
     /// (top bit): one word, because a million entries each carry it.
     version: u32,
+    /// The key budget slot it is counted in (`budget.rs`).
+    budget: u32,
 }
 
 const DIRTY: u32 = 1 << 31;
@@ -199,6 +208,7 @@ pub struct Store {
     /// without locking every shard.
     unacked: AtomicUsize,
     round_trip_ns: AtomicU64,
+    budgets: Budgets,
     cfg: StoreConfig,
     local: ReplicaId,
 }
@@ -217,6 +227,7 @@ impl Store {
             guard_members: AtomicU32::new(0),
             unacked: AtomicUsize::new(0),
             round_trip_ns: AtomicU64::new(0),
+            budgets: Budgets::new(cfg.max_keys),
             cfg,
             local,
         }
@@ -228,6 +239,11 @@ impl Store {
 
     pub fn local_replica(&self) -> ReplicaId {
         self.local
+    }
+
+    /// Per-rule key budgets (set on each config load).
+    pub fn budgets(&self) -> &Budgets {
+        &self.budgets
     }
 
     fn shard_of(&self, key: KeyId) -> usize {
@@ -362,22 +378,31 @@ impl Store {
         // A position is valid until its table changes: the second pass looks again once it
         // has created a key.
         let mut slots: SmallVec<[(Placement, u128, Option<Pos>); 4]> = SmallVec::new();
+        let mut budget_slots: SmallVec<[u32; 4]> = SmallVec::new();
         let mut all_fit = true;
         let mut fits: SmallVec<[bool; 4]> = SmallVec::new();
         for c in charges {
             let g = shard_guard(&mut guards, self.shard_of(c.key));
             // Existing keys, reads (which create nothing) and keys under the cap have their own
             // bucket; others share an overflow bucket of their limit.
+            // A new key is counted in its rule's budget, so one rule's flood cannot take
+            // every other rule's room (budget.rs).
             let pos = g.map.find(c.key.0);
+            let slot = if pos.is_none() && c.hits > 0 {
+                self.budgets.slot(c.rule)
+            } else {
+                0
+            };
+            budget_slots.push(slot);
             let own = pos.is_some()
                 || c.hits == 0
-                || self.live.load(Ordering::Relaxed) < self.cfg.max_keys;
+                || self.budgets.admits(slot, self.live.load(Ordering::Relaxed));
             let (placement, id, pos) = if own {
                 (Placement::Own, c.key.0, pos)
             } else {
                 let id = c
                     .key
-                    .overflow_id(&c.limit, self.cfg.overflow_buckets_per_limit);
+                    .overflow_id(&c.limit, c.rule, self.cfg.overflow_buckets_per_limit);
                 let o = overflow.get_or_insert_with(|| self.overflow.lock());
                 let pos = o.map.find(id);
                 if pos.is_some()
@@ -467,13 +492,18 @@ impl Store {
                     Placement::Shared => &self.overflow_live,
                     _ => &self.live,
                 };
+                let budget = budget_slots[i];
                 let pos = pos.unwrap_or_else(|| {
                     counter.fetch_add(1, Ordering::Relaxed);
+                    if placement == Placement::Own {
+                        self.budgets.added(budget);
+                    }
                     created = true;
                     let entry = Entry {
                         state: BucketState::new(gen),
                         limit: c.limit,
                         version: 0,
+                        budget,
                     };
                     shard.map.insert(id, entry)
                 });
@@ -539,15 +569,20 @@ impl Store {
     pub fn gc(&self, now: i64) -> usize {
         let horizon = self.cfg.gc_horizon_ns;
         let mut removed = 0;
-        let mut sweep = |shard: &mut Shard, counter: &AtomicUsize| {
+        let budgets = &self.budgets;
+        let mut sweep = |shard: &mut Shard, counter: &AtomicUsize, budgeted: bool| {
             // In fair-share mode the shared view stops moving its refill floor and falls behind
             // what the local share spent: a key whose share is still in use stays.
             let fair = &shard.fair;
             let gone = shard.map.retain(|k, e| {
-                !e.state.is_idle(&e.limit, now, horizon)
+                let keep = !e.state.is_idle(&e.limit, now, horizon)
                     || fair
                         .get(&Packed::of(k))
-                        .is_some_and(|f| !f.is_idle(&e.limit, now, horizon))
+                        .is_some_and(|f| !f.is_idle(&e.limit, now, horizon));
+                if !keep && budgeted {
+                    budgets.removed(e.budget, 1);
+                }
+                keep
             });
             counter.fetch_sub(gone, Ordering::Relaxed);
             if gone > 0 {
@@ -562,9 +597,10 @@ impl Store {
             removed += gone;
         };
         for s in self.shards.iter() {
-            sweep(&mut s.0.lock(), &self.live);
+            sweep(&mut s.0.lock(), &self.live, true);
         }
-        sweep(&mut self.overflow.lock(), &self.overflow_live);
+        sweep(&mut self.overflow.lock(), &self.overflow_live, false);
+        self.budgets.recount();
         removed
     }
 
@@ -595,10 +631,13 @@ impl Store {
                     return Merged::Dropped;
                 }
                 self.live.fetch_add(1, Ordering::Relaxed);
+                // Which rule a replicated key belongs to is not known here: slot 0.
+                self.budgets.added(0);
                 let mut e = Entry {
                     state: state.clone(),
                     limit,
                     version: 0,
+                    budget: 0,
                 };
                 if e.touch(self.cfg.track_dirty) {
                     shard.dirty.push(key.0);

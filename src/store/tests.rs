@@ -25,6 +25,7 @@ fn charge(k: &str, limit: Limit, hits: u64) -> Charge {
         limit,
         hits,
         enforce: true,
+        rule: 1,
     }
 }
 
@@ -272,11 +273,12 @@ fn many_threads_on_one_key_never_admit_more_than_capacity_plus_refill() {
 }
 
 #[test]
-fn a_bucket_is_a_112_byte_slot_and_a_tag_byte() {
+fn a_bucket_is_a_120_byte_slot_and_a_tag_byte() {
     // A million live keys: every byte here is a megabyte, paid 1.14 to 1.43 times per key (the
-    // table is 70-88 % full). An empty slot costs no flag: `Entry` has a niche. 8 of the 112
-    // bytes are the refund counters' empty box (104 before refunds existed).
-    assert_eq!(std::mem::size_of::<Option<table::Slot<Entry>>>(), 112);
+    // table is 70-88 % full). An empty slot costs no flag: `Entry` has a niche. Of the former
+    // 104 bytes, 8 more are the refund counters' empty box and 8 the key budget's rule slot
+    // (`budget.rs`).
+    assert_eq!(std::mem::size_of::<Option<table::Slot<Entry>>>(), 120);
     assert_eq!(std::mem::size_of::<crate::bucket::BucketState>(), 80);
 }
 

@@ -36,6 +36,8 @@ SERVICE_METRICS = {
     "tollgate_config_loads_total",
     "tollgate_live_keys",
     "tollgate_keys_over_cap_total",
+    "tollgate_rule_keys_over_budget_total",
+    "tollgate_rule_live_keys",
     "tollgate_build_info",
     "tollgate_ready",
 }

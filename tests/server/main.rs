@@ -5,7 +5,9 @@ mod binary;
 mod common;
 mod decisions;
 mod errors;
+mod hostile;
 mod http;
+mod key_budget;
 mod metrics;
 #[path = "../support/ports.rs"]
 mod ports;

@@ -71,3 +71,80 @@ async fn a_configmap_style_symlink_swap_is_picked_up() {
     .await;
     assert_eq!(h.remaining("d", &[("b", "x")]).await, 50);
 }
+
+#[tokio::test]
+async fn deleting_every_config_file_is_refused_and_the_old_config_keeps_serving() {
+    let mut h = Harness::start(V1).await;
+    std::fs::remove_file(h.dir.path().join("config.yaml")).expect("rm");
+    eventually("the empty config is counted as failed", async || {
+        let m = h.get_text("/metrics").await;
+        m.contains("tollgate_config_loads_total{result=\"failed\"} 1")
+    })
+    .await;
+    for _ in 0..5 {
+        h.ask(request("d", vec![desc(&[("a", "x")])])).await;
+    }
+    let over = h.ask(request("d", vec![desc(&[("a", "x")])])).await;
+    assert_eq!(over.overall_code, 2, "the old limits still apply: {over:?}");
+}
+
+#[tokio::test]
+async fn an_empty_config_is_served_only_when_allowed() {
+    let h = Harness::start_with(V1, |s| s.allow_empty_config = true).await;
+    std::fs::remove_file(h.dir.path().join("config.yaml")).expect("rm");
+    eventually("the empty config is served", async || {
+        !h.get_text("/rlconfig").await.contains("d.a")
+    })
+    .await;
+    let m = h.get_text("/metrics").await;
+    assert!(
+        m.contains("tollgate_config_loads_total{result=\"ok\"} 2"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn a_file_written_in_two_parts_is_never_served_half_written() {
+    let h = Harness::start_with(V1, |s| {
+        s.reload_interval = std::time::Duration::from_millis(100)
+    })
+    .await;
+    let path = h.dir.path().join("config.yaml");
+    // The first part alone is a valid config (rule `a` only): served, it would drop rule `b`.
+    let first =
+        "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: hour, requests_per_unit: 5}\n";
+    let writer = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        for k in 0..16 {
+            let mut f = std::fs::File::create(&path).expect("truncate");
+            f.write_all(first.as_bytes()).expect("first part");
+            f.flush().expect("flush");
+            std::thread::sleep(std::time::Duration::from_millis(40));
+            write!(
+                f,
+                "  - key: b\n    rate_limit: {{unit: hour, requests_per_unit: {}}}\n",
+                10 + k
+            )
+            .expect("second part");
+            drop(f);
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    });
+    let mut polls = 0;
+    while !writer.is_finished() {
+        let served = h.get_text("/rlconfig").await;
+        assert!(
+            served.contains("d.b"),
+            "half a file served after {polls} polls: {served}"
+        );
+        polls += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    writer.await.expect("writer");
+    eventually("the last complete version is served", async || {
+        h.get_text("/rlconfig")
+            .await
+            .contains("requests_per_unit=25")
+    })
+    .await;
+}

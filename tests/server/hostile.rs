@@ -1,0 +1,399 @@
+//! Hostile clients against the real binary: stream floods, idle and trickling connections,
+//! running out of file descriptors. Raw sockets and hand-built HTTP/2 frames, because a
+//! well-behaved client library would never do what these tests need.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::ports::free_port;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The binary on two free loopback ports, killed on drop.
+struct Server {
+    child: Child,
+    grpc: u16,
+    http: u16,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        Self::start_with(None, extra)
+    }
+
+    /// `nofile`: run under `prlimit --nofile=N`.
+    fn start_with(nofile: Option<u32>, extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("tmp");
+        let log = dir.path().join("stderr.log");
+        let (grpc, http) = (free_port(), free_port());
+        let mut cmd = match nofile {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = cmd
+            .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
+            .args(["--http-addr", &format!("127.0.0.1:{http}")])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("starts");
+        let s = Server {
+            child,
+            grpc,
+            http,
+            log,
+            _dir: dir,
+        };
+        s.wait_ready();
+        s
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if http_get(self.http, "/healthz", Duration::from_secs(1)).is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("server not ready within 10 s: {}", self.logs());
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// CPU seconds the process has used (user + system), from /proc.
+    fn cpu_seconds(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).expect("proc stat");
+        // Fields after the command name (which is in parentheses): utime is the 14th field.
+        let after = &stat[stat.rfind(')').expect("comm") + 2..];
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks: f64 =
+            fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+        ticks / 100.0
+    }
+
+    fn rss_mb(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("proc status");
+        let kb: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("VmRSS");
+        kb / 1024.0
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http_get(port: u16, path: &str, timeout: Duration) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.starts_with("HTTP/1.1 200").then_some(out)
+}
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len();
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A ShouldRateLimit request's header block in HPACK, without the dynamic table.
+fn request_headers() -> Vec<u8> {
+    let mut b = vec![0x83, 0x86]; // :method POST, :scheme http
+    let path = b"/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
+    b.push(0x04); // :path, literal without indexing
+    b.push(path.len() as u8);
+    b.extend_from_slice(path);
+    b.extend_from_slice(&[0x01, 1, b'x']); // :authority x
+    let ct = b"application/grpc";
+    b.extend_from_slice(&[0x0f, 0x10, ct.len() as u8]); // content-type
+    b.extend_from_slice(ct);
+    b
+}
+
+/// Read one frame: (type, flags, stream, payload); `None` on EOF, error or timeout.
+fn read_frame(s: &mut TcpStream) -> Option<(u8, u8, u32, Vec<u8>)> {
+    let mut h = [0u8; 9];
+    s.read_exact(&mut h).ok()?;
+    let len = (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).ok()?;
+    let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+    Some((h[3], h[4], stream, payload))
+}
+
+/// Preface and an empty SETTINGS; returns the server's SETTINGS parameters, and ACKs them.
+fn h2_handshake(s: &mut TcpStream) -> Vec<(u16, u32)> {
+    s.write_all(PREFACE).expect("preface");
+    s.write_all(&frame(0x4, 0, 0, &[])).expect("settings");
+    let (kind, _, _, payload) = read_frame(s).expect("server settings");
+    assert_eq!(kind, 0x4, "the server speaks first with SETTINGS");
+    s.write_all(&frame(0x4, 0x1, 0, &[])).expect("settings ack");
+    payload
+        .chunks_exact(6)
+        .map(|c| {
+            (
+                u16::from_be_bytes([c[0], c[1]]),
+                u32::from_be_bytes([c[2], c[3], c[4], c[5]]),
+            )
+        })
+        .collect()
+}
+
+/// Whether the peer closed the connection within `within` (EOF or reset, not a timeout).
+fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+#[test]
+fn a_stream_flood_on_one_grpc_connection_is_refused_beyond_the_advertised_limit() {
+    let server = Server::start(&["--max-concurrent-streams", "100"]);
+    let mut s = TcpStream::connect(("127.0.0.1", server.grpc)).expect("connect");
+    let settings = h2_handshake(&mut s);
+    assert!(
+        settings.contains(&(0x3, 100)),
+        "SETTINGS_MAX_CONCURRENT_STREAMS advertised: {settings:?}"
+    );
+    let before = server.rss_mb();
+    // 20,000 streams that send HEADERS and never a body, as fast as the socket takes them.
+    let block = request_headers();
+    let writer = {
+        let mut w = s.try_clone().expect("clone");
+        std::thread::spawn(move || {
+            for i in 0..20_000u32 {
+                if w.write_all(&frame(0x1, 0x4, 2 * i + 1, &block)).is_err() {
+                    return i;
+                }
+            }
+            20_000
+        })
+    };
+    let mut refused = false;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    while let Some((kind, _, _, payload)) = read_frame(&mut s) {
+        // RST_STREAM(REFUSED_STREAM) or GOAWAY: the server pushes back.
+        let code = payload
+            .get(..4)
+            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+        if (kind == 0x3 && code == Some(0x7)) || kind == 0x7 {
+            refused = true;
+            break;
+        }
+    }
+    drop(s);
+    let _ = writer.join();
+    assert!(refused, "streams beyond the limit are refused");
+    let grown = server.rss_mb() - before;
+    assert!(grown < 100.0, "RSS grew {grown:.0} MB for a stream flood");
+    assert!(http_get(server.http, "/healthz", Duration::from_secs(2)).is_some());
+}
+
+#[test]
+fn idle_connections_are_closed_after_the_idle_timeout_on_both_ports() {
+    let server = Server::start(&["--idle-timeout", "1s"]);
+    let mut grpc = TcpStream::connect(("127.0.0.1", server.grpc)).expect("connect");
+    h2_handshake(&mut grpc);
+    let mut http = TcpStream::connect(("127.0.0.1", server.http)).expect("connect");
+    assert!(
+        closed_within(&mut grpc, Duration::from_secs(5)),
+        "gRPC idle connection closed"
+    );
+    assert!(
+        closed_within(&mut http, Duration::from_secs(5)),
+        "HTTP idle connection closed"
+    );
+    let metrics = http_get(server.http, "/metrics", Duration::from_secs(2)).expect("metrics");
+    assert!(
+        metrics.contains("tollgate_connections_closed_total{port=\"grpc\",reason=\"idle\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_client_trickling_header_bytes_is_cut_off_on_both_ports() {
+    let server = Server::start(&["--header-read-timeout", "1s", "--idle-timeout", "60s"]);
+    let mut grpc = TcpStream::connect(("127.0.0.1", server.grpc)).expect("connect");
+    h2_handshake(&mut grpc);
+    let headers = frame(0x1, 0x4, 1, &request_headers());
+    let mut http = TcpStream::connect(("127.0.0.1", server.http)).expect("connect");
+    let head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n";
+    let started = Instant::now();
+    let (mut grpc_open, mut http_open) = (true, true);
+    // One byte every 100 ms on each connection: never idle, never a complete header block.
+    for i in 0..60 {
+        if grpc_open {
+            grpc_open = grpc
+                .write_all(&headers[i % (headers.len() - 1)..][..1])
+                .is_ok()
+                && !closed_within(&mut grpc, Duration::from_millis(50));
+        }
+        if http_open {
+            http_open = http.write_all(&head[i % head.len()..][..1]).is_ok()
+                && !closed_within(&mut http, Duration::from_millis(50));
+        }
+        if !grpc_open && !http_open {
+            break;
+        }
+    }
+    assert!(!grpc_open, "trickling gRPC headers cut off");
+    assert!(!http_open, "trickling HTTP/1 headers cut off");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn connections_beyond_the_bound_wait_until_one_closes() {
+    let server = Server::start(&["--max-connections", "4"]);
+    // The readiness probe's connection may still be closing: let it go.
+    std::thread::sleep(Duration::from_millis(200));
+    let held: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(("127.0.0.1", server.http)).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        http_get(server.http, "/healthz", Duration::from_millis(500)).is_none(),
+        "a fifth connection is not served while four are open"
+    );
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while http_get(server.http, "/healthz", Duration::from_secs(1)).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "served again once connections closed"
+        );
+    }
+    assert_eq!(
+        server.logs().matches("connection limit reached").count(),
+        1,
+        "{}",
+        server.logs()
+    );
+}
+
+#[test]
+fn running_out_of_file_descriptors_backs_off_logs_once_and_recovers() {
+    let server = Server::start_with(Some(64), &[]);
+    // More connections than the process has descriptors: accept fails with EMFILE.
+    let held: Vec<TcpStream> = (0..100)
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", server.http)).ok())
+        .collect();
+    assert!(held.len() >= 80, "connected {}", held.len());
+    std::thread::sleep(Duration::from_millis(300));
+    let cpu_before = server.cpu_seconds();
+    std::thread::sleep(Duration::from_secs(2));
+    let spent = server.cpu_seconds() - cpu_before;
+    assert!(
+        spent < 0.5,
+        "accept loop spent {spent:.2} CPU s in 2 s out of descriptors"
+    );
+    let logs = server.logs();
+    assert_eq!(logs.matches("accept failing").count(), 1, "{logs}");
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http_get(server.http, "/healthz", Duration::from_secs(1)).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "serving again once descriptors are free"
+        );
+    }
+}
+
+#[test]
+fn an_empty_config_directory_is_refused_at_start_unless_allowed() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = Command::new(BIN)
+        .args([
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no config files") && err.contains("--allow-empty-config"),
+        "{err}"
+    );
+    let config = dir.path().display().to_string();
+    let server = Server::start(&["--config", &config, "--allow-empty-config", "true"]);
+    let served = http_get(server.http, "/rlconfig", Duration::from_secs(2)).expect("rlconfig");
+    assert!(!served.contains("edge_proxy"), "nothing served: {served}");
+}
+
+#[test]
+fn a_config_over_the_size_bound_is_refused_with_the_bound_named() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut yaml = String::from("domain: d\ndescriptors:\n");
+    for i in 0..2_000 {
+        yaml.push_str(&format!(
+            "  - key: k{i}\n    rate_limit: {{unit: second, requests_per_unit: 1}}\n"
+        ));
+    }
+    std::fs::write(dir.path().join("big.yaml"), &yaml).expect("write");
+    let out = Command::new(BIN)
+        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .args(["--max-config-bytes", "10000", "--config"])
+        .arg(dir.path())
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("big.yaml")
+            && err.contains("10000 bytes")
+            && err.contains("--max-config-bytes"),
+        "{err}"
+    );
+}
