@@ -195,6 +195,9 @@ pub struct Store {
     /// without locking every shard.
     unacked: AtomicUsize,
     round_trip_ns: AtomicU64,
+    /// The debt cap in capacities: `cfg.debt_cap_capacities` at start, then what replication
+    /// sets from the live membership.
+    debt_caps: AtomicU32,
     cfg: StoreConfig,
     local: ReplicaId,
 }
@@ -213,6 +216,7 @@ impl Store {
             guard_members: AtomicU32::new(0),
             unacked: AtomicUsize::new(0),
             round_trip_ns: AtomicU64::new(0),
+            debt_caps: AtomicU32::new(cfg.debt_cap_capacities),
             cfg,
             local,
         }
@@ -231,7 +235,18 @@ impl Store {
     }
 
     fn debt_cap(&self, limit: &Limit) -> u64 {
-        limit.capacity() as u64 * self.cfg.debt_cap_capacities as u64
+        limit.capacity() as u64 * self.debt_caps.load(Ordering::Relaxed) as u64
+    }
+
+    /// Set the debt cap to `capacities` times each limit's capacity (replication: about one
+    /// per member, following the live membership).
+    pub fn set_debt_cap_capacities(&self, capacities: u32) {
+        self.debt_caps.store(capacities.max(1), Ordering::Relaxed);
+    }
+
+    /// The debt cap in capacities now in force.
+    pub fn debt_cap_capacities(&self) -> u32 {
+        self.debt_caps.load(Ordering::Relaxed)
     }
 
     fn mode(&self) -> Mode {
