@@ -554,6 +554,10 @@ async fn session(shared: &Shared, link: &Link, out: &mut Outbox<'_>) -> End {
     if shared.links.lock().values().any(|l| {
         !std::ptr::eq(Arc::as_ptr(l), link) && l.connected_node().as_deref() == Some(&hello.node)
     }) {
+        // It answered: from now on this address is known to reach that node, so it never
+        // counts as a seed that never answered (an extra, unreachable member once the node
+        // is gone).
+        *link.last_node.lock() = Some(hello.node.clone());
         return End::Alias(hello.node.clone());
     }
     *link.last_node.lock() = Some(hello.node.clone());

@@ -63,7 +63,9 @@ impl Shared {
             }
             let pending = match (l.connected_node(), l.last_node()) {
                 // Connected, not admitted by the membership yet (it is announcing itself).
-                (Some(n), _) => (!left.contains(&n) && !out.iter().any(|r| r.name == n)).then_some(n),
+                (Some(n), _) => {
+                    (!left.contains(&n) && !out.iter().any(|r| r.name == n)).then_some(n)
+                }
                 // A seed that never answered.
                 (None, None) if !l.learned => Some(l.addr.clone()),
                 _ => None,
@@ -89,9 +91,9 @@ impl Shared {
         let mut links = self.links.lock();
         for m in &members {
             let node = Some(m.id.node.as_str());
-            let reached = links.values().any(|l| {
-                l.addr == m.id.addr || l.last_node().as_deref() == node
-            });
+            let reached = links
+                .values()
+                .any(|l| l.addr == m.id.addr || l.last_node().as_deref() == node);
             if !reached && !m.id.addr.is_empty() && links.len() < self.membership_link_bound() {
                 info!(node = %m.id.node, addr = %m.id.addr, "dialing a member learned from gossip");
                 self.add_link(&mut links, &m.id.addr, true, stop);
@@ -101,9 +103,8 @@ impl Shared {
             let gone = l.learned
                 && l.last_node()
                     .is_some_and(|n| !members.iter().any(|m| m.id.node == n));
-            let orphan = l.learned
-                && l.last_node().is_none()
-                && !members.iter().any(|m| &m.id.addr == addr);
+            let orphan =
+                l.learned && l.last_node().is_none() && !members.iter().any(|m| &m.id.addr == addr);
             if gone || orphan {
                 info!(%addr, "member gone: its link is closed");
                 l.stop.cancel();

@@ -279,11 +279,7 @@ fn drain(
 }
 
 /// Mark members beyond `max_members` down, locally only; returns whether any was.
-fn enforce_bound(
-    shared: &Shared,
-    foca: &mut Swim,
-    rt: &mut AccumulatingRuntime<MemberId>,
-) -> bool {
+fn enforce_bound(shared: &Shared, foca: &mut Swim, rt: &mut AccumulatingRuntime<MemberId>) -> bool {
     let max = shared.membership.settings.max_members;
     // This node counts as one of the members.
     let active = foca.num_members() + 1;

@@ -267,7 +267,10 @@ impl Drop for CaughtUp<'_> {
         }
         drop(c);
         let mut inbound = self.shared.inbound.lock();
-        if inbound.get(self.node).is_some_and(|(s, _)| *s == self.stream) {
+        if inbound
+            .get(self.node)
+            .is_some_and(|(s, _)| *s == self.stream)
+        {
             inbound.remove(self.node);
         }
     }
