@@ -126,9 +126,10 @@ pub async fn start_with_clock(
             max_keys: settings.max_keys,
             gc_horizon_ns: settings.gc_horizon.as_nanos().min(i64::MAX as u128) as i64,
             track_dirty: replication.enabled(),
-            // Late remote consumption is debt; cap it at about one capacity per other node so
-            // a heal after a partition cannot lock a key out for long.
-            debt_cap_capacities: replication.peers.len().max(2) as u32,
+            // Late remote consumption is debt, capped at about one capacity per member so a
+            // heal after a partition cannot lock a key out for long; replication keeps it in
+            // line with the live membership (this is the cap until the first members are known).
+            debt_cap_capacities: 2,
             ..StoreConfig::default()
         },
         ReplicaId(0),
@@ -160,10 +161,15 @@ pub async fn start_with_clock(
         .with_context(|| format!("cannot listen for HTTP on {}", settings.http_addr))?;
     let grpc_addr = grpc_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
-    let replicas = Arc::new(ReplicaTable::new(Replica {
-        node: replication.node_id.clone(),
-        incarnation: replication.incarnation,
-    }));
+    let replicas = Arc::new(ReplicaTable::with_limit(
+        Replica {
+            node: replication.node_id.clone(),
+            incarnation: replication.incarnation,
+        },
+        replication
+            .max_members
+            .saturating_mul(crate::replication::REPLICAS_PER_MEMBER),
+    ));
     let replicator = if replication.enabled() {
         let peer_listener = TcpListener::bind(settings.peer_addr)
             .await
@@ -342,6 +348,8 @@ fn replication_settings(s: &Settings) -> anyhow::Result<ReplicationSettings> {
         max_frame_bytes: 1 << 20,
         max_clock_offset: s.max_clock_offset,
         peer_timeout: s.peer_timeout,
+        peer_dead_after: s.peer_dead_after,
+        max_members: s.max_members,
         burst_guard: s.burst_guard,
         faults: s.faults.clone(),
         advertise_addr: match s.peer_advertise_addr.as_deref() {

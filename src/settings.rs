@@ -128,6 +128,14 @@ pub struct ServeArgs {
     /// split into fair shares until it is back [default: 500ms]
     #[arg(long, env = "TOLLGATE_PEER_TIMEOUT", value_name = "DURATION")]
     pub peer_timeout: Option<String>,
+    /// A member unreachable this long is declared dead and forgotten: the others leave fair
+    /// share and share the whole limit again [default: 30s]
+    #[arg(long, env = "TOLLGATE_PEER_DEAD_AFTER", value_name = "DURATION")]
+    pub peer_dead_after: Option<String>,
+    /// Most cluster members (this node included) peers can introduce; replica slots are bounded
+    /// to 64 times this [default: 256]
+    #[arg(long, env = "TOLLGATE_MAX_MEMBERS", value_name = "N")]
+    pub max_members: Option<usize>,
     /// Hold back own consumption peers have not acknowledged, so a synchronized burst cannot
     /// spend a bucket once per node [default: true]
     #[arg(long, env = "TOLLGATE_BURST_GUARD", value_name = "BOOL")]
@@ -201,6 +209,9 @@ pub struct Settings {
     pub peer_advertise_addr: Option<String>,
     #[serde(deserialize_with = "de_duration")]
     pub peer_timeout: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub peer_dead_after: Duration,
+    pub max_members: usize,
     pub burst_guard: bool,
     /// Injected network faults for in-process cluster tests; never set from flags or files.
     #[serde(skip)]
@@ -246,6 +257,8 @@ impl Default for Settings {
             max_clock_offset: Duration::from_millis(100),
             peer_advertise_addr: None,
             peer_timeout: Duration::from_millis(500),
+            peer_dead_after: Duration::from_secs(30),
+            max_members: 256,
             burst_guard: true,
             faults: None,
             peer_tls_cert: None,
@@ -310,7 +323,7 @@ impl ServeArgs {
         if let Some(path) = &self.settings {
             b = b.add_source(config::File::from(path.as_path()).required(true));
         }
-        let overrides: [(&str, Option<String>); 35] = [
+        let overrides: [(&str, Option<String>); 37] = [
             (
                 "config",
                 self.config.as_ref().map(|p| p.display().to_string()),
@@ -355,6 +368,8 @@ impl ServeArgs {
             ("max_clock_offset", self.max_clock_offset.clone()),
             ("peer_advertise_addr", self.peer_advertise_addr.clone()),
             ("peer_timeout", self.peer_timeout.clone()),
+            ("peer_dead_after", self.peer_dead_after.clone()),
+            ("max_members", self.max_members.map(|v| v.to_string())),
             ("burst_guard", self.burst_guard.map(|b| b.to_string())),
             ("peer_tls_cert", path(&self.peer_tls_cert)),
             ("peer_tls_key", path(&self.peer_tls_key)),
@@ -411,6 +426,19 @@ impl Settings {
                 "peer_timeout ({:?}) must be at least twice sync_interval ({:?}): a peer is \
                  heard from about once per sync interval",
                 self.peer_timeout, self.sync_interval
+            )));
+        }
+        if self.peer_dead_after <= self.peer_timeout {
+            return Err(SettingsError::Invalid(format!(
+                "peer_dead_after ({:?}) must be longer than peer_timeout ({:?}): a member is \
+                 suspected first, declared dead only if it stays unreachable",
+                self.peer_dead_after, self.peer_timeout
+            )));
+        }
+        if self.max_members < 2 {
+            return Err(SettingsError::Invalid(format!(
+                "max_members must be at least 2, got {}",
+                self.max_members
             )));
         }
         if self.node_id.is_empty() {

@@ -24,6 +24,8 @@ pub enum FrameError {
         replica: u32,
         listed: usize,
     },
+    #[error("frame names more replicas than this node admits (--max-members bounds them)")]
+    TooManyReplicas,
     #[error("frame has no kind (empty oneof)")]
     Empty,
     #[error("unexpected {0} frame")]
@@ -133,12 +135,14 @@ pub fn decode_delta(
         .replicas
         .iter()
         .map(|r| {
-            replicas.intern(&Replica {
-                node: r.node.clone(),
-                incarnation: r.incarnation,
-            })
+            replicas
+                .try_intern(&Replica {
+                    node: r.node.clone(),
+                    incarnation: r.incarnation,
+                })
+                .ok_or(FrameError::TooManyReplicas)
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     delta
         .keys
         .iter()

@@ -29,7 +29,7 @@ use super::codec::DeltaBuilder;
 use super::faults::Faults;
 use super::proto::frame::Kind;
 use super::proto::replication_client::ReplicationClient;
-use super::proto::{Frame, Leave, Ping, SnapshotEnd};
+use super::proto::{Frame, Gossip, Leave, Ping, SnapshotEnd};
 use super::Shared;
 use crate::store::KeyId;
 
@@ -52,7 +52,16 @@ enum Status {
     Refused,
     /// The address is this node itself.
     Myself,
+    /// The address reaches a member another link is already connected to: it stands by
+    /// (one live link per member, whatever the addresses it is known by).
+    Alias { node: String },
 }
+
+/// How long a standby alias link waits before checking whether it is needed again.
+const ALIAS_RETRY: Duration = Duration::from_secs(2);
+/// Membership messages queued for the peer beyond this are dropped (the protocol treats a
+/// lost message like an unanswered probe).
+const MAX_GOSSIP_QUEUE: usize = 256;
 
 /// A frame sent and not acknowledged yet.
 pub(crate) struct InFlight {
@@ -87,6 +96,8 @@ pub(crate) struct Link {
     pub wake: tokio::sync::Notify,
     /// Shutting down, the peer has processed our Leave.
     pub said_goodbye: std::sync::atomic::AtomicBool,
+    /// Membership messages waiting for the stream.
+    gossip: Mutex<VecDeque<bytes::Bytes>>,
     unacked: AtomicUsize,
     oldest_unacked: Mutex<Option<Instant>>,
     pub stop: CancellationToken,
@@ -122,6 +133,7 @@ impl Link {
             pushed: tokio::sync::Notify::new(),
             wake: tokio::sync::Notify::new(),
             said_goodbye: std::sync::atomic::AtomicBool::new(false),
+            gossip: Mutex::new(VecDeque::new()),
             unacked: AtomicUsize::new(0),
             oldest_unacked: Mutex::new(None),
             stop,
@@ -154,10 +166,29 @@ impl Link {
         *self.status.lock() == Status::Myself
     }
 
-    /// A member of this cluster: not this node, and not a node that refused us (another
-    /// cluster, config or secret).
-    pub fn is_member(&self) -> bool {
-        !matches!(*self.status.lock(), Status::Myself | Status::Refused)
+    /// The peer refused us or we refused it (another cluster, config or secret).
+    pub fn is_refused(&self) -> bool {
+        *self.status.lock() == Status::Refused
+    }
+
+    /// Standing by: another link reaches the same member.
+    pub fn is_alias(&self) -> bool {
+        matches!(*self.status.lock(), Status::Alias { .. })
+    }
+
+    /// Queue a membership message for the peer and wake the session to send it.
+    pub fn queue_gossip(&self, data: bytes::Bytes) {
+        let mut q = self.gossip.lock();
+        if q.len() >= MAX_GOSSIP_QUEUE {
+            q.pop_front();
+        }
+        q.push_back(data);
+        drop(q);
+        self.pushed.notify_one();
+    }
+
+    fn take_gossip(&self) -> Vec<bytes::Bytes> {
+        self.gossip.lock().drain(..).collect()
     }
 
     /// Heard from within `timeout` (a link that never connected is alive only for its first
@@ -207,6 +238,7 @@ enum End {
     Unreachable(String),
     Refused(String),
     Myself,
+    Alias(String),
     Broken(String),
     Stopped,
 }
@@ -230,6 +262,12 @@ pub(crate) async fn run(shared: Arc<Shared>, link: Arc<Link>) {
                 link.set_status(Status::Myself);
                 link.dirty.lock().clear();
                 return;
+            }
+            End::Alias(node) => {
+                debug!(addr = %link.addr, %node, "address reaches a member another link is connected to: standing by");
+                link.set_status(Status::Alias { node });
+                link.dirty.lock().clear();
+                backoff = ALIAS_RETRY;
             }
             End::Unreachable(e) => {
                 // Said once when a peer goes away (or was never there), then quietly retried.
@@ -258,7 +296,9 @@ pub(crate) async fn run(shared: Arc<Shared>, link: Arc<Link>) {
             // A peer that just dialed us is up: no reason to wait up to a second to answer.
             _ = link.wake.notified() => {}
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        if !link.is_alias() {
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
     }
 }
 
@@ -511,6 +551,15 @@ async fn session(shared: &Shared, link: &Link, out: &mut Outbox<'_>) -> End {
     if cut() {
         return End::Unreachable("cut off by the test network".into());
     }
+    if shared.links.lock().values().any(|l| {
+        !std::ptr::eq(Arc::as_ptr(l), link) && l.connected_node().as_deref() == Some(&hello.node)
+    }) {
+        // It answered: from now on this address is known to reach that node, so it never
+        // counts as a seed that never answered (an extra, unreachable member once the node
+        // is gone).
+        *link.last_node.lock() = Some(hello.node.clone());
+        return End::Alias(hello.node.clone());
+    }
     *link.last_node.lock() = Some(hello.node.clone());
     shared.left.lock().remove(&hello.node);
     link.heard();
@@ -518,6 +567,10 @@ async fn session(shared: &Shared, link: &Link, out: &mut Outbox<'_>) -> End {
         node: hello.node.clone(),
     });
     shared.update_outlier();
+    // Ask to be let in (or learn who is in): the peer's membership answers on this stream.
+    shared
+        .membership
+        .announce(&hello.node, &hello.advertise_addr);
     let round = shared.round();
     link.resync_round.store(round, Ordering::Release);
     let new_peer = {
@@ -568,6 +621,11 @@ async fn session(shared: &Shared, link: &Link, out: &mut Outbox<'_>) -> End {
                 if cut() {
                     return End::Broken("cut off by the test network".into());
                 }
+                for g in link.take_gossip() {
+                    if let Err(e) = out.send(&tx, frame(Kind::Gossip(Gossip { data: g.to_vec() }))).await {
+                        return e;
+                    }
+                }
                 out.requeue(Some(RESEND_AFTER));
                 let round = shared.round();
                 if let Err(e) = out.flush(shared, &tx, round).await {
@@ -595,6 +653,11 @@ async fn session(shared: &Shared, link: &Link, out: &mut Outbox<'_>) -> End {
                     if !cut() {
                         link.heard();
                         out.ack(a.seq);
+                    }
+                }
+                Ok(Some(Frame { kind: Some(Kind::Gossip(g)) })) => {
+                    if !cut() {
+                        shared.membership.receive(g.data);
                     }
                 }
                 Ok(Some(Frame { kind: Some(Kind::Pong(p)) })) => {

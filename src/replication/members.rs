@@ -1,7 +1,10 @@
-//! Who the peers are: the static `--peers` list plus, with `--peer-dns`, every address the name
+//! The seeds: the static `--peers` list plus, with `--peer-dns`, every address the name
 //! resolves to (a Kubernetes headless Service lists every pod, ready or not), re-resolved every
-//! few seconds so members come and go. A link whose address disappears is stopped; this node's
-//! own address is recognised from the peer's answer and ignored.
+//! few seconds. A seed is only where to start: who the members are is the membership
+//! protocol's answer (see `membership`), learned from any one seed. A seed link whose address
+//! disappears is stopped; links to members learned from gossip are closed when the member is
+//! declared dead (`member_links`); this node's own address is recognised from the peer's
+//! answer and ignored.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -13,8 +16,6 @@ use tracing::{info, warn};
 use super::Shared;
 
 const RESOLVE_INTERVAL: Duration = Duration::from_secs(5);
-/// How long a learned peer may stay silent before it is dropped from the members.
-const LEARNED_GRACE: Duration = Duration::from_secs(60);
 
 async fn desired(shared: &Shared) -> HashSet<String> {
     let mut out: HashSet<String> = shared.settings.peers.iter().cloned().collect();
@@ -37,11 +38,9 @@ pub(crate) async fn update(shared: &Arc<Shared>, stop: &CancellationToken) {
         return;
     }
     let mut links = shared.links.lock();
-    let now = std::time::Instant::now();
     links.retain(|addr, l| {
-        // A peer learned from a Hello is kept while it is heard from (a learned member that
-        // leaves for good says Leave, or falls silent for LEARNED_GRACE).
-        let keep = want.contains(addr) || (l.learned && l.alive(now, LEARNED_GRACE));
+        // A link to a member learned from gossip is the membership's to close.
+        let keep = want.contains(addr) || l.learned;
         if !keep {
             info!(%addr, "peer left");
             l.stop.cancel();
@@ -51,6 +50,9 @@ pub(crate) async fn update(shared: &Arc<Shared>, stop: &CancellationToken) {
     for addr in want {
         shared.add_link(&mut links, &addr, false, stop);
     }
+    drop(links);
+    // A seed that went away may have been how a member was reached: dial it at its own address.
+    shared.reconcile_links();
 }
 
 pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {

@@ -6,7 +6,10 @@
 //!   a full snapshot when the peer is new (new incarnation), then coalesced deltas every
 //!   `sync_interval`, resent after a reconnect until acknowledged.
 //! - [`service`]: the other end: merges what peers send, acknowledges, answers pings.
-//! - [`members`]: who the peers are (a static list, a DNS name re-resolved periodically).
+//! - [`members`]: the seeds: a static list, a DNS name re-resolved periodically. They are only
+//!   where to start: who the members are is [`membership`]'s answer.
+//! - [`membership`]: the members by identity (node + incarnation), learned transitively and
+//!   failure-detected with SWIM (the `foca` crate), its messages riding on the peer streams.
 //! - this module: the shared state, the fan-out of changed keys to every link, readiness (a new
 //!   node is not ready until it holds every reachable peer's snapshot), the burst guard's
 //!   acknowledgements, fair-share mode while a member is unreachable, and the handoff on
@@ -15,15 +18,19 @@
 //! Fan-out happens in numbered rounds. A link publishes the latest round whose changes its peer
 //! acknowledged; once every live member acknowledged a round, the own counts it carried are
 //! known cluster-wide and the burst guard lets the next ones through (design section 4.3).
-//! When a member has not been heard from for `peer_timeout`, every node that lost it decides
-//! on its local share of each limit (fair-share mode, section 4.4) until all members are back
-//! and caught up in both directions.
+//! When a member has not been heard from for `peer_timeout`, or any member is suspected by the
+//! membership protocol, every node decides on its local share of each limit (fair-share mode,
+//! section 4.4) until all members are back and caught up in both directions, or the suspected
+//! member is declared dead (`peer_dead_after`) and forgotten. Fair-share N, the burst guard's
+//! 1/N and the debt cap all follow the live membership.
 
 mod auth;
 mod codec;
 pub mod faults;
 mod link;
+mod member_links;
 mod members;
+mod membership;
 mod replicas;
 mod service;
 pub mod tls;
@@ -46,6 +53,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use codec::{DeltaBuilder, FrameError};
+pub use membership::MemberId;
 pub use replicas::{Replica, ReplicaTable};
 
 use crate::limiter::Limiter;
@@ -56,6 +64,10 @@ use link::Link;
 
 /// Major version of the peer protocol; a peer speaking another major version is refused.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Replica slots (node incarnations) the replica table admits per allowed member: room for
+/// many restarts of every member, but a bound on what peers can make this node remember.
+pub const REPLICAS_PER_MEMBER: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct ReplicationSettings {
@@ -80,6 +92,12 @@ pub struct ReplicationSettings {
     pub peer_timeout: Duration,
     /// Hold back own consumption that peers have not acknowledged (design section 4.3).
     pub burst_guard: bool,
+    /// A member unreachable this long is declared dead and forgotten (survivors leave fair
+    /// share); it must be longer than `peer_timeout`.
+    pub peer_dead_after: Duration,
+    /// Bound on the members (this node included) peers can introduce; replica slots are bounded
+    /// to [`REPLICAS_PER_MEMBER`] times this.
+    pub max_members: usize,
     /// Injected network faults (tests only; `None` in every deployment).
     pub faults: Option<Arc<faults::Faults>>,
     /// Mutual TLS on both ends of the peer stream; `None`: plaintext.
@@ -103,10 +121,15 @@ pub(crate) struct ReplMetrics {
     pub fair_share_entered: Counter,
     pub members: Gauge,
     pub unacked_keys: Gauge,
+    pub suspects: Gauge,
+    /// Node names already used as label values: at most `max_members` of them, the rest
+    /// share the value "other", so made-up names cannot grow /metrics.
+    node_labels: Mutex<HashSet<String>>,
+    max_node_labels: usize,
 }
 
 impl ReplMetrics {
-    fn new(metrics: Arc<Metrics>) -> Self {
+    fn new(metrics: Arc<Metrics>, max_node_labels: usize) -> Self {
         ReplMetrics {
             peers: metrics.gauge("tollgate_peers", vec![]),
             connected: metrics.gauge("tollgate_peers_connected", vec![]),
@@ -116,6 +139,9 @@ impl ReplMetrics {
             fair_share_entered: metrics.counter("tollgate_fair_share_mode_entered_total", vec![]),
             members: metrics.gauge("tollgate_cluster_members", vec![]),
             unacked_keys: metrics.gauge("tollgate_burst_guard_unacked_keys", vec![]),
+            suspects: metrics.gauge("tollgate_cluster_members_suspected", vec![]),
+            node_labels: Mutex::new(HashSet::new()),
+            max_node_labels,
             metrics,
         }
     }
@@ -132,6 +158,28 @@ impl ReplMetrics {
     pub fn peer_counter(&self, name: &'static str, peer: &str) -> Counter {
         self.metrics
             .counter(name, vec![Label::new("peer", peer.to_string())])
+    }
+
+    /// A per-node counter whose label is the node name while the label budget lasts.
+    pub fn node_counter(&self, name: &'static str, node: &str) -> Counter {
+        let label = {
+            let mut seen = self.node_labels.lock();
+            if seen.contains(node) || seen.len() < self.max_node_labels {
+                seen.insert(node.to_string());
+                node.to_string()
+            } else {
+                "other".to_string()
+            }
+        };
+        self.metrics.counter(name, vec![Label::new("peer", label)])
+    }
+
+    /// A bound was hit: `limit` is "members" or "replicas".
+    pub fn limit_hit(&self, limit: &'static str) -> Counter {
+        self.metrics.counter(
+            "tollgate_cluster_limit_hits_total",
+            vec![Label::new("limit", limit)],
+        )
     }
 
     pub fn peer_gauge(&self, name: &'static str, peer: &str) -> Gauge {
@@ -170,7 +218,17 @@ pub(crate) struct Shared {
     pub stream_ids: AtomicU64,
     /// Shutting down: links say Leave once their changes are acknowledged.
     leaving: AtomicBool,
+    /// Who the members are (SWIM over the peer streams).
+    pub membership: membership::Membership,
+    /// The answer side of each peer's current stream to us, by node: membership messages to a
+    /// node this one has no link to yet (a joiner) go back this way.
+    pub inbound: Mutex<HashMap<String, (u64, InboundTx)>>,
+    /// The replicator's stop token, for links opened from membership changes.
+    stop: std::sync::OnceLock<CancellationToken>,
 }
+
+/// The sending half of a peer's stream to this node.
+pub(crate) type InboundTx = tokio::sync::mpsc::Sender<Result<proto::Frame, tonic::Status>>;
 
 impl Shared {
     pub fn now(&self) -> i64 {
@@ -237,10 +295,12 @@ impl Shared {
             .map_err(|e| ("auth", format!("peer {}: {e}", h.node)))?;
         let ours = self.limiter.active().config.fingerprint();
         if h.config_hash != ours {
+            // Our hash stays out of the message: it goes back to the peer, and a forger would
+            // need nothing else. This node's log has it (`config_hash` in the warning).
             return Err((
                 "config_hash",
                 format!(
-                    "peer {} serves another rate limit config (hash {:016x}, ours {ours:016x})",
+                    "peer {} serves another rate limit config (its hash {:016x})",
                     h.node, h.config_hash
                 ),
             ));
@@ -287,6 +347,10 @@ impl Shared {
             .collect();
         let links: Vec<Arc<Link>> = self.links.lock().values().cloned().collect();
         for link in links {
+            if link.is_alias() {
+                // Standing by: the member's live link carries these keys.
+                continue;
+            }
             let node = link.connected_node();
             let mut dirty = link.dirty.lock();
             for (k, skip) in buf.iter().zip(&skip) {
@@ -311,10 +375,10 @@ impl Shared {
         let now = Instant::now();
         let timeout = self.settings.peer_timeout;
         let acked = self
-            .links
-            .lock()
-            .values()
-            .filter(|l| self.is_member(l) && l.alive(now, timeout))
+            .member_links()
+            .into_iter()
+            .filter_map(|r| r.link)
+            .filter(|l| l.alive(now, timeout))
             .map(|l| l.acked_round())
             .min()
             .unwrap_or_else(|| self.round());
@@ -332,35 +396,30 @@ impl Shared {
         }
     }
 
-    /// A member: a peer of this cluster that has not said Leave.
-    fn is_member(&self, l: &Link) -> bool {
-        l.is_member() && l.last_node().is_none_or(|n| !self.left.lock().contains(&n))
-    }
-
-    /// Fair-share mode on when a member has gone quiet; off again once every member is heard
-    /// from and caught up both ways (it acknowledged what we sent since it came back, and its
-    /// stream to us delivered SnapshotEnd), so no consumption of the split is missing.
+    /// Fair-share mode on while a member is suspected or has gone quiet on its link; off again
+    /// once every member is heard from and caught up both ways (it acknowledged what we sent
+    /// since it came back, and its stream to us delivered SnapshotEnd), so no consumption of
+    /// the split is missing. A member declared dead is no longer a member: it stops counting.
     fn update_mode(&self) {
         let now = Instant::now();
         let timeout = self.settings.peer_timeout;
-        let links: Vec<Arc<Link>> = self.links.lock().values().cloned().collect();
-        let members: Vec<&Arc<Link>> = links.iter().filter(|l| self.is_member(l)).collect();
+        let members = self.member_links();
         let n = 1 + members.len() as u32;
         self.metrics.members.set(n as f64);
-        let dead: Vec<&str> = members
+        let suspects = members.iter().filter(|r| r.suspect).count();
+        self.metrics.suspects.set(suspects as f64);
+        let unreachable: Vec<&str> = members
             .iter()
-            .filter(|l| !l.alive(now, timeout))
-            .map(|l| l.addr.as_str())
+            .filter(|r| r.suspect || r.link.as_ref().is_none_or(|l| !l.alive(now, timeout)))
+            .map(|r| r.name.as_str())
             .collect();
         let caught_up = self.caught_up.lock();
-        let behind: Vec<&str> = members
-            .iter()
-            .filter(|l| !l.resynced() || l.last_node().is_none_or(|n| !caught_up.contains_key(&n)))
-            .map(|l| l.addr.as_str())
-            .collect();
+        let behind = members.iter().any(|r| {
+            r.link.as_ref().is_none_or(|l| !l.resynced()) || !caught_up.contains_key(&r.name)
+        });
         drop(caught_up);
         let current = self.store.fair_share();
-        let want = if !dead.is_empty() || (current.is_some() && !behind.is_empty()) {
+        let want = if !unreachable.is_empty() || (current.is_some() && behind) {
             Some(n)
         } else {
             None
@@ -371,7 +430,7 @@ impl Shared {
                     if current.is_none() {
                         self.metrics.fair_share_entered.increment(1);
                     }
-                    warn!(members = n, unreachable = ?dead, "fair-share mode: deciding on this node's 1/{n} of every limit");
+                    warn!(members = n, unreachable = ?unreachable, "fair-share mode: deciding on this node's 1/{n} of every limit");
                 }
                 None => info!("every member is back and caught up: leaving fair-share mode"),
             }
@@ -380,6 +439,9 @@ impl Shared {
         self.metrics
             .fair_share
             .set(if want.is_some() { 1.0 } else { 0.0 });
+        // Late remote consumption is debt; cap it at about one capacity per other member so a
+        // heal after a partition cannot lock a key out for long.
+        self.store.set_debt_cap_capacities(n.max(2));
         if self.settings.burst_guard {
             // An ack takes up to a sync interval to be sent, one to be settled, and one more
             // for the change to leave the store, plus the network.
@@ -442,17 +504,6 @@ impl Shared {
 }
 
 impl Shared {
-    /// A peer that dialed us from an address we do not dial yet: dial it back, so a joining
-    /// node needs to know only one member.
-    pub fn learn(self: &Arc<Self>, addr: &str, stop: &CancellationToken) {
-        if addr.is_empty() || addr == self.settings.advertise_addr {
-            return;
-        }
-        if self.add_link(&mut self.links.lock(), addr, true, stop) {
-            info!(%addr, "learned a new peer");
-        }
-    }
-
     /// A peer dialed us: if our link to it is waiting out a reconnect backoff, retry now.
     pub fn wake(&self, node: &str, addr: &str) {
         for l in self.links.lock().values() {
@@ -514,8 +565,27 @@ impl Replicator {
         readiness: Arc<Readiness>,
     ) -> anyhow::Result<Replicator> {
         let peer_addr = listener.local_addr()?;
+        if settings.secret.is_none() && settings.tls.is_none() {
+            warn!(
+                "replication is on with neither --cluster-secret-file nor peer mTLS: anything that \
+                 reaches the peer port can join the cluster and feed it bucket states"
+            );
+        }
+        let membership = membership::Membership::new(
+            &settings.node_id,
+            settings.incarnation,
+            &settings.advertise_addr,
+            membership::MembershipSettings::new(
+                settings.peer_timeout,
+                settings.peer_dead_after,
+                settings.max_members,
+            ),
+        );
         let shared = Arc::new(Shared {
-            metrics: ReplMetrics::new(limiter.metrics().clone()),
+            metrics: ReplMetrics::new(limiter.metrics().clone(), settings.max_members),
+            membership,
+            inbound: Mutex::new(HashMap::new()),
+            stop: std::sync::OnceLock::new(),
             settings,
             store,
             limiter,
@@ -534,6 +604,8 @@ impl Replicator {
             leaving: AtomicBool::new(false),
         });
         let stop = CancellationToken::new();
+        let _ = shared.stop.set(stop.clone());
+        tokio::spawn(membership::run(shared.clone(), stop.clone()));
         let server = tokio::spawn(service::serve(shared.clone(), listener, stop.clone()));
         members::update(&shared, &stop).await;
         tokio::spawn(members::run(shared.clone(), stop.clone()));
@@ -573,8 +645,10 @@ impl Replicator {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         // Say Leave, so the others do not wait for this node as if partitioned; done once every
-        // connected peer has processed it (or at the same deadline).
+        // connected peer has processed it (or at the same deadline). The membership protocol
+        // gossips the departure too, to members this node has no stream with.
         self.shared.leaving.store(true, Ordering::Release);
+        self.shared.membership.leave();
         loop {
             let waiting = self
                 .shared
@@ -636,7 +710,7 @@ async fn ticker(shared: Arc<Shared>, stop: CancellationToken) {
                 let (peers, connected) = {
                     let links = shared.links.lock();
                     (
-                        links.values().filter(|l| !l.is_myself()).count(),
+                        links.values().filter(|l| !l.is_myself() && !l.is_alias()).count(),
                         links.values().filter(|l| l.connected_node().is_some()).count(),
                     )
                 };

@@ -1,7 +1,8 @@
 //! Replica identities. A bucket's slots name replicas by a compact [`ReplicaId`]; this table maps
 //! them to (node, incarnation) and back. Index 0 is this process. A restarted node has a new
 //! incarnation and so a new id: its old slot keeps its counts and is never reused, because a
-//! reused slot's old, higher count would hide new consumption.
+//! reused slot's old, higher count would hide new consumption. The table is bounded: peers
+//! cannot make a node remember more replicas than `limit` (a frame naming more is refused).
 
 use std::collections::HashMap;
 
@@ -17,6 +18,7 @@ pub struct Replica {
 
 pub struct ReplicaTable {
     inner: RwLock<Inner>,
+    limit: usize,
 }
 
 struct Inner {
@@ -25,7 +27,13 @@ struct Inner {
 }
 
 impl ReplicaTable {
+    /// A table with no practical bound (single node, tests).
     pub fn new(me: Replica) -> Self {
+        Self::with_limit(me, u32::MAX as usize)
+    }
+
+    /// A table that admits at most `limit` replicas, this process included.
+    pub fn with_limit(me: Replica, limit: usize) -> Self {
         let mut ids = HashMap::new();
         ids.insert(me.clone(), ReplicaId(0));
         ReplicaTable {
@@ -33,7 +41,19 @@ impl ReplicaTable {
                 by_id: vec![me],
                 ids,
             }),
+            limit: limit.max(1),
         }
+    }
+
+    /// The local id of a replica, registering it on first sight; `None` when the table is full.
+    pub fn try_intern(&self, r: &Replica) -> Option<ReplicaId> {
+        if let Some(id) = self.inner.read().ids.get(r) {
+            return Some(*id);
+        }
+        if self.inner.read().by_id.len() >= self.limit {
+            return None;
+        }
+        Some(self.intern(r))
     }
 
     pub fn me(&self) -> Replica {
@@ -85,5 +105,13 @@ mod tests {
         assert_ne!(b1, b2);
         assert_eq!(t.intern(&r("b", 7)), b1);
         assert_eq!(t.get(b2), Some(r("b", 8)));
+    }
+
+    #[test]
+    fn a_full_table_refuses_new_replicas_and_keeps_the_known_ones() {
+        let t = ReplicaTable::with_limit(r("a", 1), 2);
+        let b = t.try_intern(&r("b", 1)).expect("room for one more");
+        assert_eq!(t.try_intern(&r("c", 1)), None);
+        assert_eq!(t.try_intern(&r("b", 1)), Some(b));
     }
 }

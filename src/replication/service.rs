@@ -60,6 +60,7 @@ fn kind_name(k: &Kind) -> &'static str {
         Kind::Pong(_) => "Pong",
         Kind::SnapshotEnd(_) => "SnapshotEnd",
         Kind::Leave(_) => "Leave",
+        Kind::Gossip(_) => "Gossip",
     }
 }
 
@@ -101,14 +102,14 @@ impl Replication for PeerService {
         }
         if let Err((reason, msg)) = shared.check_hello(&hello) {
             shared.metrics.refused(reason);
-            warn!(peer = %hello.node, %msg, "refused a peer");
+            let ours = shared.limiter.active().config.fingerprint();
+            warn!(peer = %hello.node, %msg, config_hash = %format!("{ours:016x}"), "refused a peer");
             return Err(match reason {
                 "auth" => Status::unauthenticated(msg),
                 _ => Status::failed_precondition(msg),
             });
         }
         shared.left.lock().remove(&hello.node);
-        shared.learn(&hello.advertise_addr, &self.stop);
         shared.wake(&hello.node, &hello.advertise_addr);
         let (tx, rx) = mpsc::channel(64);
         tx.send(Ok(frame(Kind::Hello(shared.hello()))))
@@ -135,14 +136,18 @@ async fn receive(
 ) {
     let frames = shared
         .metrics
-        .peer_counter("tollgate_replication_frames_received_total", &node);
+        .node_counter("tollgate_replication_frames_received_total", &node);
     let bytes = shared
         .metrics
-        .peer_counter("tollgate_replication_bytes_received_total", &node);
+        .node_counter("tollgate_replication_bytes_received_total", &node);
     let keys_in = shared
         .metrics
-        .peer_counter("tollgate_replication_keys_received_total", &node);
+        .node_counter("tollgate_replication_keys_received_total", &node);
     let stream = shared.stream_ids.fetch_add(1, Ordering::Relaxed);
+    shared
+        .inbound
+        .lock()
+        .insert(node.clone(), (stream, tx.clone()));
     let _caught_up = CaughtUp {
         shared: &shared,
         node: &node,
@@ -214,6 +219,11 @@ async fn receive(
             Some(Kind::Leave(_)) => {
                 info!(peer = %node, "peer left the cluster (scaled down): no longer a member");
                 shared.left.lock().insert(node.clone());
+                shared.membership.forget(&node);
+                continue;
+            }
+            Some(Kind::Gossip(g)) => {
+                shared.membership.receive(g.data);
                 continue;
             }
             Some(Kind::Ping(p)) => Kind::Pong(Pong {
@@ -255,6 +265,14 @@ impl Drop for CaughtUp<'_> {
         if c.get(self.node) == Some(&self.stream) {
             c.remove(self.node);
         }
+        drop(c);
+        let mut inbound = self.shared.inbound.lock();
+        if inbound
+            .get(self.node)
+            .is_some_and(|(s, _)| *s == self.stream)
+        {
+            inbound.remove(self.node);
+        }
     }
 }
 
@@ -264,7 +282,12 @@ async fn close_malformed(
     tx: &mpsc::Sender<Result<Frame, Status>>,
     e: FrameError,
 ) {
-    shared.metrics.refused("malformed");
+    if e == FrameError::TooManyReplicas {
+        shared.metrics.limit_hit("replicas").increment(1);
+        shared.metrics.refused("replica_limit");
+    } else {
+        shared.metrics.refused("malformed");
+    }
     warn!(peer = %node, error = %e, "malformed frame: closing this peer stream");
     let _ = tx
         .send(Err(Status::invalid_argument(format!(

@@ -209,6 +209,9 @@ pub struct Store {
     unacked: AtomicUsize,
     round_trip_ns: AtomicU64,
     budgets: Budgets,
+    /// The debt cap in capacities: `cfg.debt_cap_capacities` at start, then what replication
+    /// sets from the live membership.
+    debt_caps: AtomicU32,
     cfg: StoreConfig,
     local: ReplicaId,
 }
@@ -228,6 +231,7 @@ impl Store {
             unacked: AtomicUsize::new(0),
             round_trip_ns: AtomicU64::new(0),
             budgets: Budgets::new(cfg.max_keys),
+            debt_caps: AtomicU32::new(cfg.debt_cap_capacities),
             cfg,
             local,
         }
@@ -251,7 +255,18 @@ impl Store {
     }
 
     fn debt_cap(&self, limit: &Limit) -> u64 {
-        limit.capacity() as u64 * self.cfg.debt_cap_capacities as u64
+        limit.capacity() as u64 * self.debt_caps.load(Ordering::Relaxed) as u64
+    }
+
+    /// Set the debt cap to `capacities` times each limit's capacity (replication: about one
+    /// per member, following the live membership).
+    pub fn set_debt_cap_capacities(&self, capacities: u32) {
+        self.debt_caps.store(capacities.max(1), Ordering::Relaxed);
+    }
+
+    /// The debt cap in capacities now in force.
+    pub fn debt_cap_capacities(&self) -> u32 {
+        self.debt_caps.load(Ordering::Relaxed)
     }
 
     fn mode(&self) -> Mode {

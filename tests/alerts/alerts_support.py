@@ -58,6 +58,9 @@ REPLICATION_METRICS = {
     "tollgate_replication_keys_received_total",
     "tollgate_replication_merges_total",
     "tollgate_replication_frames_refused_total",
+    "tollgate_cluster_members",
+    "tollgate_cluster_members_suspected",
+    "tollgate_cluster_limit_hits_total",
 }
 # Prometheus' own per-target series.
 PROMETHEUS_SERIES = {"up"}

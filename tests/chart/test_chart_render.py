@@ -5,6 +5,7 @@ Run: .venv/bin/python -m pytest tests/chart
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 
@@ -61,6 +62,7 @@ def test_defaults_render_the_core_objects_and_no_crd_objects():
             ("HorizontalPodAutoscaler", FULLNAME),
             ("NetworkPolicy", FULLNAME),
             ("PodDisruptionBudget", FULLNAME),
+            ("Secret", f"{FULLNAME}-cluster-secret"),
             ("Service", FULLNAME),
             ("Service", PEER_SERVICE),
             ("ServiceAccount", FULLNAME),
@@ -377,6 +379,26 @@ def test_chart_made_cluster_secret_is_mounted_and_rolls_the_pods_when_changed():
     checksum = only(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]["checksum/cluster-secret"]
     changed = render(merged(ALL_ON, {"replication": {"clusterSecret": {"value": "other"}}}))
     assert only(changed, "Deployment")["spec"]["template"]["metadata"]["annotations"]["checksum/cluster-secret"] != checksum
+
+
+def test_a_cluster_secret_is_generated_by_default_and_mounted():
+    docs = render({})
+    secret = only(docs, "Secret")
+    assert secret["metadata"]["name"] == f"{FULLNAME}-cluster-secret"
+    value = base64.b64decode(secret["data"]["cluster-secret"])
+    assert len(value) == 48
+    assert flag(container(docs)["args"], "cluster-secret-file") == "/etc/tollgate/cluster-secret/cluster-secret"
+    # A generated secret does not roll the pods at every upgrade through a checksum.
+    annotations = only(docs, "Deployment")["spec"]["template"]["metadata"].get("annotations") or {}
+    assert "checksum/cluster-secret" not in annotations
+    # Two installs do not share a secret.
+    assert base64.b64decode(only(render({}), "Secret")["data"]["cluster-secret"]) != value
+
+
+def test_no_cluster_secret_only_when_asked():
+    docs = render({"replication": {"clusterSecret": {"generate": False}}})
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    assert not [a for a in container(docs)["args"] if a.startswith("--cluster-secret-file")]
 
 
 def test_an_existing_cluster_secret_is_mounted_without_creating_one():

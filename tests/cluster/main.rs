@@ -2,8 +2,10 @@
 //! own manual clocks (deterministic time, clock skew on demand); the `processes` module runs the
 //! real binary for what only processes can show (kill -9, accuracy under real load).
 
+mod autoscale;
 mod common;
 mod gc;
+mod identity;
 mod membership;
 mod network;
 #[path = "../support/ports.rs"]

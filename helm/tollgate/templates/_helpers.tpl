@@ -79,7 +79,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{- define "tollgate.clusterSecretEnabled" -}}
-{{- if and .Values.replication.enabled (or .Values.replication.clusterSecret.existingSecret .Values.replication.clusterSecret.value) }}true{{ end }}
+{{- if and .Values.replication.enabled (or .Values.replication.clusterSecret.existingSecret .Values.replication.clusterSecret.value .Values.replication.clusterSecret.generate) }}true{{ end }}
 {{- end }}
 
 {{/*
@@ -115,4 +115,20 @@ Combinations the schema cannot express. Fails the render with a message that say
 {{/* The chart creates the cluster secret itself (from replication.clusterSecret.value). */}}
 {{- define "tollgate.clusterSecretCreated" -}}
 {{- if and (include "tollgate.clusterSecretEnabled" .) (not .Values.replication.clusterSecret.existingSecret) }}true{{ end }}
+{{- end }}
+
+{{/* The cluster secret's value in the chart's Secret: the given one, else the installed one
+(kept across upgrades), else a new random one. */}}
+{{- define "tollgate.clusterSecretValue" -}}
+{{- $c := .Values.replication.clusterSecret }}
+{{- if $c.value }}
+{{- $c.value | b64enc }}
+{{- else }}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "tollgate.clusterSecretName" .) }}
+{{- if and $existing (index ($existing.data | default dict) $c.key) }}
+{{- index $existing.data $c.key }}
+{{- else }}
+{{- randAlphaNum 48 | b64enc }}
+{{- end }}
+{{- end }}
 {{- end }}

@@ -1,0 +1,142 @@
+//! Members to links: which link reaches which member, dialing members learned from gossip,
+//! dropping links to members declared dead, and routing membership messages.
+//!
+//! Links are keyed by the address dialed (a seed, or a member's advertised address), members by
+//! node name. A link belongs to the member its peer's Hello names, whatever address it dialed:
+//! a member reachable at several addresses has one live link, the others stand by as aliases.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tracing::info;
+
+use super::link::Link;
+use super::proto::frame::Kind;
+use super::proto::{Frame, Gossip};
+use super::Shared;
+
+/// One member as fair share, the burst guard and readiness count it: who, whether the
+/// membership protocol suspects it, and the link that reaches it.
+pub(crate) struct Reach {
+    /// Node name, or the address of a seed that has not answered yet.
+    pub name: String,
+    pub suspect: bool,
+    pub link: Option<Arc<Link>>,
+}
+
+impl Shared {
+    /// Everyone this node must count as a member, this node aside: the members the membership
+    /// protocol knows (alive or suspected), a peer connected to us that it has not admitted
+    /// yet, and each seed that never answered (unreachable is not gone: a seed cut off since
+    /// before its first Hello may be a member on the other side of a partition). Counted once
+    /// per node, whatever the addresses it is reached at.
+    pub(crate) fn member_links(&self) -> Vec<Reach> {
+        let links: Vec<Arc<Link>> = self.links.lock().values().cloned().collect();
+        let left = self.left.lock().clone();
+        let mut out: Vec<Reach> = self
+            .membership
+            .members()
+            .into_iter()
+            .filter(|m| !left.contains(&m.id.node))
+            .map(|m| {
+                let node = Some(m.id.node.as_str());
+                let link = links
+                    .iter()
+                    .find(|l| l.connected_node().as_deref() == node)
+                    .or_else(|| {
+                        links
+                            .iter()
+                            .find(|l| !l.is_alias() && l.last_node().as_deref() == node)
+                    })
+                    .or_else(|| links.iter().find(|l| l.addr == m.id.addr))
+                    .cloned();
+                Reach {
+                    name: m.id.node,
+                    suspect: m.suspect,
+                    link,
+                }
+            })
+            .collect();
+        for l in &links {
+            if l.is_myself() || l.is_refused() || l.is_alias() {
+                continue;
+            }
+            let pending = match (l.connected_node(), l.last_node()) {
+                // Connected, not admitted by the membership yet (it is announcing itself).
+                (Some(n), _) => {
+                    (!left.contains(&n) && !out.iter().any(|r| r.name == n)).then_some(n)
+                }
+                // A seed that never answered.
+                (None, None) if !l.learned => Some(l.addr.clone()),
+                _ => None,
+            };
+            if let Some(name) = pending {
+                out.push(Reach {
+                    name,
+                    suspect: false,
+                    link: Some(l.clone()),
+                });
+            }
+        }
+        out
+    }
+
+    /// After the membership changed: dial every member no link reaches yet, and stop the
+    /// learned links of members that are gone (configured seeds stay, they are retried).
+    pub(crate) fn reconcile_links(self: &Arc<Self>) {
+        let Some(stop) = self.stop.get() else {
+            return;
+        };
+        let members = self.membership.members();
+        let mut links = self.links.lock();
+        for m in &members {
+            let node = Some(m.id.node.as_str());
+            let reached = links
+                .values()
+                .any(|l| l.addr == m.id.addr || l.last_node().as_deref() == node);
+            if !reached && !m.id.addr.is_empty() && links.len() < self.membership_link_bound() {
+                info!(node = %m.id.node, addr = %m.id.addr, "dialing a member learned from gossip");
+                self.add_link(&mut links, &m.id.addr, true, stop);
+            }
+        }
+        links.retain(|addr, l| {
+            let gone = l.learned
+                && l.last_node()
+                    .is_some_and(|n| !members.iter().any(|m| m.id.node == n));
+            let orphan =
+                l.learned && l.last_node().is_none() && !members.iter().any(|m| &m.id.addr == addr);
+            if gone || orphan {
+                info!(%addr, "member gone: its link is closed");
+                l.stop.cancel();
+            }
+            !(gone || orphan)
+        });
+    }
+
+    /// Links beyond this are not opened from gossip: seeds plus the member bound.
+    fn membership_link_bound(&self) -> usize {
+        self.settings.max_members + self.settings.peers.len() + 16
+    }
+
+    /// Send a membership message to `node`: on our link to it, or back on its stream to us.
+    /// A message with no way there is dropped: the protocol treats that as a lost packet.
+    pub(crate) fn send_gossip(&self, node: &str, data: Bytes) {
+        let link = self
+            .links
+            .lock()
+            .values()
+            .find(|l| l.connected_node().as_deref() == Some(node))
+            .cloned();
+        if let Some(l) = link {
+            l.queue_gossip(data);
+            return;
+        }
+        if let Some((_, tx)) = self.inbound.lock().get(node) {
+            let _ = tx.try_send(Ok(Frame {
+                kind: Some(Kind::Gossip(Gossip {
+                    data: data.to_vec(),
+                })),
+            }));
+        }
+    }
+}
