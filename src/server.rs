@@ -39,6 +39,8 @@ pub struct Running {
     pub replicas: Arc<ReplicaTable>,
     pub limiter: Arc<Limiter>,
     pub readiness: Arc<Readiness>,
+    /// The tracer of background work's spans, with `--otlp-endpoint` (for the log layer).
+    pub tracer: Option<opentelemetry_sdk::trace::Tracer>,
     stop: CancellationToken,
     done: JoinHandle<anyhow::Result<()>>,
 }
@@ -119,6 +121,8 @@ pub async fn start_with_clock(
         .ready
         .set(if replication.enabled() { 0.0 } else { 1.0 });
 
+    let serving_tls = crate::tls::ServingListeners::load(&settings, &metrics)?;
+    let telemetry = crate::telemetry::Telemetry::start(&settings)?;
     let grpc_listener = TcpListener::bind(settings.grpc_addr)
         .await
         .with_context(|| format!("cannot listen for gRPC on {}", settings.grpc_addr))?;
@@ -131,6 +135,7 @@ pub async fn start_with_clock(
         node: replication.node_id.clone(),
         incarnation: replication.incarnation,
     }));
+    let peer_tls = replication.tls.clone();
     let replicator = if replication.enabled() {
         let peer_listener = TcpListener::bind(settings.peer_addr)
             .await
@@ -158,9 +163,10 @@ pub async fn start_with_clock(
         .set_service_status(rls::SERVICE_NAME, ServingStatus::Serving)
         .await;
 
-    let incoming =
-        tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
-    let rls = RlsService::new(limiter.clone(), readiness.clone());
+    let incoming = crate::tls::incoming(grpc_listener, serving_tls.grpc.clone());
+    let rls = RlsService::new(limiter.clone(), readiness.clone())
+        .with_tracer(telemetry.as_ref().map(|t| t.request_tracer()));
+    let tracer = telemetry.as_ref().map(|t| t.tracer());
     let grpc_stop = CancellationToken::new();
     let grpc = tokio::spawn({
         let grpc_stop = grpc_stop.clone();
@@ -175,6 +181,7 @@ pub async fn start_with_clock(
         limiter: limiter.clone(),
         readiness: readiness.clone(),
     });
+    let http_listener = crate::tls::Listener::new(http_listener, serving_tls.http.clone())?;
     let http = tokio::spawn({
         let http_stop = http_stop.clone();
         async move {
@@ -186,6 +193,11 @@ pub async fn start_with_clock(
 
     let background = CancellationToken::new();
     tokio::spawn(housekeeping(limiter.clone(), background.clone()));
+    let peer_tls = peer_tls.map(|t| t as Arc<dyn crate::tls::reload::Reloadable>);
+    let certs = serving_tls.watcher(settings.reload_interval, metrics.clone(), peer_tls);
+    if !certs.is_empty() {
+        tokio::spawn(certs.run(background.clone()));
+    }
     if let Some(path) = &settings.config {
         let reloader = Reloader {
             path: path.clone(),
@@ -238,6 +250,9 @@ pub async fn start_with_clock(
                 r.hand_off(timeout).await;
                 r.stop().await;
             }
+            if let Some(t) = telemetry {
+                t.shutdown().await;
+            }
             served?;
             info!("shutdown complete");
             Ok(())
@@ -251,6 +266,7 @@ pub async fn start_with_clock(
         replicas,
         limiter,
         readiness,
+        tracer,
         stop,
         done,
     })

@@ -145,6 +145,10 @@ pub struct ServeArgs {
     /// Name peers' certificates must be valid for [default: the host of the address dialed]
     #[arg(long, env = "TOLLGATE_PEER_TLS_SERVER_NAME", value_name = "NAME")]
     pub peer_tls_server_name: Option<String>,
+    #[command(flatten)]
+    pub serving_tls: crate::tls::settings::ServingTlsArgs,
+    #[command(flatten)]
+    pub telemetry: crate::telemetry::settings::TelemetryArgs,
 }
 
 /// The resolved settings of `tollgate serve`.
@@ -191,6 +195,14 @@ pub struct Settings {
     pub peer_tls_key: Option<PathBuf>,
     pub peer_tls_ca: Option<PathBuf>,
     pub peer_tls_server_name: Option<String>,
+    pub grpc_tls_cert: Option<PathBuf>,
+    pub grpc_tls_key: Option<PathBuf>,
+    pub grpc_tls_client_ca: Option<PathBuf>,
+    pub http_tls_cert: Option<PathBuf>,
+    pub http_tls_key: Option<PathBuf>,
+    pub http_tls_client_ca: Option<PathBuf>,
+    pub otlp_endpoint: Option<String>,
+    pub otlp_sampling_ratio: f64,
 }
 
 impl Default for Settings {
@@ -226,6 +238,14 @@ impl Default for Settings {
             peer_tls_key: None,
             peer_tls_ca: None,
             peer_tls_server_name: None,
+            grpc_tls_cert: None,
+            grpc_tls_key: None,
+            grpc_tls_client_ca: None,
+            http_tls_cert: None,
+            http_tls_key: None,
+            http_tls_client_ca: None,
+            otlp_endpoint: None,
+            otlp_sampling_ratio: 1.0,
         }
     }
 }
@@ -332,6 +352,12 @@ impl ServeArgs {
         for (key, value) in overrides {
             b = b.set_override_option(key, value)?;
         }
+        for (key, value) in self.serving_tls.overrides() {
+            b = b.set_override_option(key, value)?;
+        }
+        for (key, value) in self.telemetry.overrides() {
+            b = b.set_override_option(key, value)?;
+        }
         let s: Settings = b.build()?.try_deserialize()?;
         s.validate()?;
         Ok(s)
@@ -392,6 +418,8 @@ impl Settings {
                 "max_descriptors, max_entries and max_bytes must be > 0".into(),
             ));
         }
+        self.validate_serving_tls()?;
+        self.validate_telemetry()?;
         self.validate_peer_tls()
     }
 

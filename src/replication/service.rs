@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
@@ -25,13 +25,13 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, stop: CancellationToken) {
     let max = shared.settings.max_frame_bytes * 2;
     let builder = super::tls::server_builder(shared.settings.tls.as_deref());
+    let incoming = super::tls::incoming(shared.settings.tls.as_deref(), listener);
     let svc = ReplicationServer::new(PeerService {
         shared,
         stop: stop.clone(),
     })
     .max_decoding_message_size(max)
     .max_encoding_message_size(max);
-    let incoming = TcpListenerStream::new(listener);
     if let Err(e) = builder
         .tcp_nodelay(true)
         .add_service(svc)

@@ -1,0 +1,215 @@
+//! Accepting connections, with or without TLS, for tonic and for axum alike.
+//!
+//! Handshakes run in tasks of their own, never in the accept loop, so a client that connects
+//! and stalls (or a plaintext client on a TLS port) delays nobody else; each is bounded by
+//! [`HANDSHAKE_TIMEOUT`] and at most [`MAX_PENDING_HANDSHAKES`] run at once. The accept task
+//! ends when the server drops its end of the channel (on shutdown).
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use metrics::Counter;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt as _;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+use tracing::{debug, warn};
+
+use super::serving::ServingTls;
+
+/// A handshake not finished by then is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Handshakes in progress at once; accepting pauses beyond it.
+pub const MAX_PENDING_HANDSHAKES: usize = 256;
+
+/// An accepted connection: plain TCP, or TLS over TCP once the handshake is done.
+pub enum Conn {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Conn {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Conn::Plain(s) => s,
+            Conn::Tls(s) => s.get_ref().0,
+        }
+    }
+}
+
+/// TLS is counted on the listener: how many handshakes failed (a plaintext client, a client
+/// certificate another CA signed, a stall).
+#[derive(Clone)]
+pub struct Tls {
+    pub serving: Arc<ServingTls>,
+    pub handshake_failures: Counter,
+}
+
+/// Accept on `listener` in a task of its own, handing over connections (after the handshake
+/// when `tls` is set) until the receiving end is dropped.
+fn spawn_accept(listener: TcpListener, tls: Option<Tls>) -> mpsc::Receiver<(Conn, SocketAddr)> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+        loop {
+            let accepted = tokio::select! {
+                _ = tx.closed() => return,
+                a = listener.accept() => a,
+            };
+            let (tcp, addr) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning, and keep serving.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let Some(tls) = &tls else {
+                if tx.send((Conn::Plain(tcp), addr)).await.is_err() {
+                    return;
+                }
+                continue;
+            };
+            let Ok(permit) = pending.clone().acquire_owned().await else {
+                return;
+            };
+            let acceptor = TlsAcceptor::from(tls.serving.current());
+            let (tx, tls) = (tx.clone(), tls.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => {
+                        let _ = tx.send((Conn::Tls(Box::new(s)), addr)).await;
+                    }
+                    Ok(Err(e)) => {
+                        tls.handshake_failures.increment(1);
+                        debug!(listener = tls.serving.name(), %addr, error = %e, "TLS handshake refused");
+                    }
+                    Err(_) => {
+                        tls.handshake_failures.increment(1);
+                        debug!(listener = tls.serving.name(), %addr, "TLS handshake timed out");
+                    }
+                }
+            });
+        }
+    });
+    rx
+}
+
+/// The incoming connections of a tonic server.
+pub fn incoming(
+    listener: TcpListener,
+    tls: Option<Tls>,
+) -> impl tokio_stream::Stream<Item = io::Result<Conn>> + Send + 'static {
+    ReceiverStream::new(spawn_accept(listener, tls)).map(|(c, _)| Ok(c))
+}
+
+/// The listener of an axum server.
+pub struct Listener {
+    rx: mpsc::Receiver<(Conn, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl Listener {
+    pub fn new(listener: TcpListener, tls: Option<Tls>) -> io::Result<Listener> {
+        let local = listener.local_addr()?;
+        Ok(Listener {
+            rx: spawn_accept(listener, tls),
+            local,
+        })
+    }
+}
+
+impl axum::serve::Listener for Listener {
+    type Io = Conn;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Conn, SocketAddr) {
+        match self.rx.recv().await {
+            Some(c) => c,
+            // The accept task only ends when this receiver is gone: never reached while it
+            // lives, but wait forever rather than spin if it ever is.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.local)
+    }
+}
+
+impl Connected for Conn {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.tcp().connect_info()
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Conn::Plain(s) => s.is_write_vectored(),
+            Conn::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
