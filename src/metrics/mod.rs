@@ -152,6 +152,8 @@ fn describe(r: &PrometheusRecorder) {
         d("tollgate_unknown_domain_total", "Requests for a domain no config defines (answered OK)."),
         d("tollgate_config_loads_total", "Config loads and reloads, by result."),
         d("tollgate_keys_over_cap_total", "Charges for new keys beyond the live-key cap: answered from a shared bucket, or denied."),
+        d("tollgate_tls_reloads_total", "Certificate reloads after their files changed, by listener and result."),
+        d("tollgate_tls_handshake_failures_total", "TLS handshakes refused or timed out, by listener."),
     ];
     for (name, help) in counters {
         r.describe_counter(name, None, help);

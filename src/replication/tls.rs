@@ -202,9 +202,8 @@ pub(crate) fn endpoint(
     addr: &str,
 ) -> Result<Endpoint, tonic::transport::Error> {
     match tls {
-        Some(t) => {
-            Endpoint::from_shared(format!("https://{addr}"))?.tls_config((*t.client.load_full()).clone())
-        }
+        Some(t) => Endpoint::from_shared(format!("https://{addr}"))?
+            .tls_config((*t.client.load_full()).clone()),
         None => Endpoint::from_shared(format!("http://{addr}")),
     }
 }

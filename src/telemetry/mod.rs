@@ -67,10 +67,7 @@ impl Telemetry {
                 "service.instance.id",
                 settings.node_id.clone(),
             ))
-            .with_attribute(KeyValue::new(
-                "service.version",
-                env!("CARGO_PKG_VERSION"),
-            ))
+            .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
             .build();
         let provider = SdkTracerProvider::builder()
             .with_sampler(sampler)

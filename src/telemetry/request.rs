@@ -71,10 +71,7 @@ impl RequestSpan {
                         "ratelimit.outcome",
                         format!("{:?}", status.code()),
                     ));
-                    span.set_attribute(KeyValue::new(
-                        "rpc.grpc.status_code",
-                        status.code() as i64,
-                    ));
+                    span.set_attribute(KeyValue::new("rpc.grpc.status_code", status.code() as i64));
                     span.set_status(SpanStatus::error(status.message().to_string()));
                 }
             }
@@ -128,5 +125,72 @@ impl Extractor for Headers<'_> {
                 tonic::metadata::KeyRef::Binary(_) => None,
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::{
+        Entry, RateLimitOverride,
+    };
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
+        DescriptorStatus, RateLimit,
+    };
+
+    fn descriptor(keys: &[&str], limit: Option<RateLimitOverride>) -> RateLimitDescriptor {
+        RateLimitDescriptor {
+            entries: keys
+                .iter()
+                .map(|k| Entry {
+                    key: k.to_string(),
+                    value: "v".into(),
+                })
+                .collect(),
+            limit,
+            ..Default::default()
+        }
+    }
+
+    fn status(name: Option<&str>) -> DescriptorStatus {
+        DescriptorStatus {
+            current_limit: name.map(|n| RateLimit {
+                name: n.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn matched_rules_are_named_by_name_else_by_descriptor_keys_and_unmatched_are_left_out() {
+        let req = RateLimitRequest {
+            domain: "edge".into(),
+            descriptors: vec![
+                descriptor(&["user"], None),
+                descriptor(&["tenant", "plan"], None),
+                descriptor(&["nothing"], None),
+                descriptor(&["user"], Some(RateLimitOverride::default())),
+            ],
+            hits_addend: 1,
+        };
+        let resp = RateLimitResponse {
+            overall_code: Code::OverLimit as i32,
+            statuses: vec![
+                status(Some("per-user")),
+                status(Some("")),
+                status(None),
+                status(Some("")),
+            ],
+            ..Default::default()
+        };
+        let names: Vec<String> = matched_rules(&req, &resp)
+            .into_iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(names, ["per-user", "tenant.plan", "_override"]);
+        assert_eq!(outcome(&resp), "OVER_LIMIT");
+        assert_eq!(outcome(&RateLimitResponse::default()), "OK");
     }
 }

@@ -78,7 +78,11 @@ impl Pem {
         })?;
         let client_ca = match &files.client_ca {
             None => None,
-            Some(p) => Some(certificates(flags.client_ca, p, &read(flags.client_ca, p)?)?),
+            Some(p) => Some(certificates(
+                flags.client_ca,
+                p,
+                &read(flags.client_ca, p)?,
+            )?),
         };
         Ok(Pem {
             certs,

@@ -123,9 +123,15 @@ mod tests {
     #[test]
     fn grpc_tls_needs_both_the_certificate_and_its_key() {
         let err = resolve(&["--grpc-tls-cert", "c.pem"]).unwrap_err();
-        assert!(err.contains("--grpc-tls-cert needs --grpc-tls-key"), "{err}");
+        assert!(
+            err.contains("--grpc-tls-cert needs --grpc-tls-key"),
+            "{err}"
+        );
         let err = resolve(&["--http-tls-key", "k.pem"]).unwrap_err();
-        assert!(err.contains("--http-tls-key needs --http-tls-cert"), "{err}");
+        assert!(
+            err.contains("--http-tls-key needs --http-tls-cert"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -150,7 +156,10 @@ mod tests {
         .expect("valid");
         let f = s.grpc_tls_files().expect("valid").expect("set");
         assert_eq!(f.cert.to_str(), Some("c.pem"));
-        assert_eq!(f.client_ca.as_deref().and_then(|p| p.to_str()), Some("ca.pem"));
+        assert_eq!(
+            f.client_ca.as_deref().and_then(|p| p.to_str()),
+            Some("ca.pem")
+        );
         assert!(s.http_tls_files().expect("valid").is_none());
     }
 }

@@ -1,5 +1,5 @@
-"""A real OTLP/gRPC receiver for tests, from the `opentelemetry-proto` service definitions:
-it keeps every span and metric exported to it, flattened for assertions."""
+"""A real OTLP/gRPC trace receiver for tests, from the `opentelemetry-proto` service
+definitions: it keeps every span exported to it, flattened for assertions."""
 
 from __future__ import annotations
 
@@ -10,10 +10,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import grpc
-from opentelemetry.proto.collector.metrics.v1 import (
-    metrics_service_pb2,
-    metrics_service_pb2_grpc,
-)
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 
@@ -41,7 +37,6 @@ class ReceivedSpan:
 @dataclass
 class Received:
     spans: list[ReceivedSpan] = field(default_factory=list)
-    metric_names: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -70,21 +65,8 @@ class _Traces(trace_service_pb2_grpc.TraceServiceServicer):
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
-class _Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
-    def __init__(self, received: Received) -> None:
-        self.received = received
-
-    def Export(self, request, context):  # noqa: N802
-        names = {
-            m.name for rm in request.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
-        }
-        with self.received.lock:
-            self.received.metric_names |= names
-        return metrics_service_pb2.ExportMetricsServiceResponse()
-
-
 class OtlpReceiver:
-    """Serves OTLP traces and metrics on 127.0.0.1:``port`` until ``stop()``."""
+    """Serves OTLP traces on 127.0.0.1:``port`` until ``stop()``."""
 
     def __init__(self, port: int) -> None:
         self.port = port
@@ -92,9 +74,6 @@ class OtlpReceiver:
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(
             _Traces(self.received), self.server
-        )
-        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(
-            _Metrics(self.received), self.server
         )
         self.server.add_insecure_port(f"127.0.0.1:{port}")
         self.server.start()

@@ -309,7 +309,11 @@ async fn rotating_the_certificate_fails_no_request_and_new_connections_present_t
     stop.store(true, Ordering::Relaxed);
     flow.await.expect("request loop");
 
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "requests failed during rotation");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed during rotation"
+    );
     assert!(
         answered.load(Ordering::Relaxed) >= before + 20,
         "requests stopped flowing after the rotation"
@@ -335,7 +339,10 @@ async fn a_rotation_to_a_key_that_does_not_match_is_refused_and_the_old_certific
     let deadline = Instant::now() + ROTATION_DEADLINE;
     let refused = "tollgate_tls_reloads_total{listener=\"grpc\",result=\"failed\"} 1";
     while !node.server.limiter.metrics().render().contains(refused) {
-        assert!(Instant::now() < deadline, "the broken rotation was not seen");
+        assert!(
+            Instant::now() < deadline,
+            "the broken rotation was not seen"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert_eq!(presented_certificate(addr, &ca, None).await, first.der);
