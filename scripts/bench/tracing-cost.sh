@@ -17,7 +17,7 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 baseline="${1:-}"
 requests="${2:-5000}"
-bin="$repo/target/release"
+bin="${BIN_DIR:-$repo/target/release}"
 out="$repo/target/bench/tracing-cost-$(date -u +%Y%m%dT%H%M%S)"
 mkdir -p "$out"
 url_path=/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit
