@@ -55,7 +55,7 @@ pub enum TlsError {
     #[error("{} {} and {} {} cannot be used: {reason}", flags.cert, files.cert.display(), flags.key, files.key.display())]
     Unusable {
         flags: Flags,
-        files: TlsFiles,
+        files: Box<TlsFiles>,
         reason: String,
     },
 }
@@ -103,7 +103,7 @@ pub fn server_config(
 ) -> Result<ServerConfig, TlsError> {
     let unusable = |reason: String| TlsError::Unusable {
         flags,
-        files: files.clone(),
+        files: Box::new(files.clone()),
         reason,
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
