@@ -18,4 +18,6 @@ pub mod rls;
 pub mod server;
 pub mod settings;
 pub mod store;
+pub mod telemetry;
+pub mod tls;
 pub mod unit;

@@ -5,7 +5,16 @@ use std::process::ExitCode;
 use clap::Parser;
 use tollgate::settings::{Cli, Command, LogFormat, Settings};
 use tollgate::{config, server};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{EnvFilter, LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{reload, Layer as _, Registry};
+
+/// The layer that turns tollgate's own `tracing` spans (reloads, resyncs) into OpenTelemetry
+/// spans; empty until the server has built its tracer from `--otlp-endpoint`.
+type OtelLayer =
+    tracing_opentelemetry::OpenTelemetryLayer<Registry, opentelemetry_sdk::trace::Tracer>;
+type OtelHandle = reload::Handle<Option<OtelLayer>, Registry>;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -45,10 +54,13 @@ fn serve(args: tollgate::settings::ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = init_logging(&settings) {
-        eprintln!("tollgate: {e}");
-        return ExitCode::from(2);
-    }
+    let otel = match init_logging(&settings) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("tollgate: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -59,7 +71,7 @@ fn serve(args: tollgate::settings::ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(settings)) {
+    match runtime.block_on(run(settings, otel)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -69,8 +81,14 @@ fn serve(args: tollgate::settings::ServeArgs) -> ExitCode {
     }
 }
 
-async fn run(settings: Settings) -> anyhow::Result<()> {
+async fn run(settings: Settings, otel: OtelHandle) -> anyhow::Result<()> {
     let running = server::start(settings).await?;
+    if let Some(tracer) = running.tracer.clone() {
+        let layer = tracing_opentelemetry::layer().with_tracer(tracer);
+        if let Err(e) = otel.modify(|l| *l = Some(layer)) {
+            tracing::warn!(error = %e, "background spans will not be exported");
+        }
+    }
     let stop = running.stop_token();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -103,15 +121,26 @@ async fn shutdown_signal() {
     }
 }
 
-fn init_logging(s: &Settings) -> Result<(), String> {
+fn init_logging(s: &Settings) -> Result<OtelHandle, String> {
     let filter = EnvFilter::try_new(&s.log_level)
         .map_err(|e| format!("invalid --log-level '{}': {e}", s.log_level))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let result = match s.log_format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match s.log_format {
+        LogFormat::Json => fmt.json().boxed(),
+        LogFormat::Text => fmt.boxed(),
     };
-    result.map_err(|e| format!("cannot set up logging: {e}"))
+    // Only tollgate's own spans at info, so that no library's trace-level spans are ever made
+    // on the request path on its behalf (an unfiltered layer, even an empty one, enables all).
+    let (otel, handle) = reload::Layer::new(None::<OtelLayer>);
+    let otel = otel.with_filter(
+        Targets::new()
+            .with_target("tollgate", LevelFilter::INFO)
+            .with_default(LevelFilter::OFF),
+    );
+    tracing_subscriber::registry()
+        .with(otel)
+        .with(fmt.with_filter(filter))
+        .try_init()
+        .map_err(|e| format!("cannot set up logging: {e}"))?;
+    Ok(handle)
 }

@@ -89,8 +89,12 @@ impl Reloader {
                 return false;
             }
         };
+        // A span per reload attempt, exported with --otlp-endpoint.
+        let span = tracing::info_span!("config_reload", path = %self.path.display(), result = tracing::field::Empty);
+        let _entered = span.enter();
         match self.policy.parse(files) {
             Ok(c) => {
+                span.record("result", "ok");
                 let domains = c.domains().count();
                 self.limiter.swap_config(c);
                 self.limiter.metrics().config_loads_ok.increment(1);
@@ -98,6 +102,7 @@ impl Reloader {
                 true
             }
             Err(errors) => {
+                span.record("result", "refused");
                 self.limiter.metrics().config_loads_failed.increment(1);
                 for e in &errors.0 {
                     error!(error = %e, "config reload refused; still serving the previous config");

@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 use crate::limiter::Limiter;
 use crate::metrics::Answer;
 use crate::readiness::Readiness;
+use crate::telemetry::RequestTracer;
 
 pub use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 
@@ -20,11 +21,23 @@ pub const SERVICE_NAME: &str = "envoy.service.ratelimit.v3.RateLimitService";
 pub struct RlsService {
     limiter: Arc<Limiter>,
     readiness: Arc<Readiness>,
+    /// Set only with `--otlp-endpoint`: without it no span is made.
+    tracer: Option<RequestTracer>,
 }
 
 impl RlsService {
     pub fn new(limiter: Arc<Limiter>, readiness: Arc<Readiness>) -> Self {
-        RlsService { limiter, readiness }
+        RlsService {
+            limiter,
+            readiness,
+            tracer: None,
+        }
+    }
+
+    /// Trace every call (as the tracer samples them).
+    pub fn with_tracer(mut self, tracer: Option<RequestTracer>) -> Self {
+        self.tracer = tracer;
+        self
     }
 }
 
@@ -63,6 +76,12 @@ impl RateLimitService for RlsService {
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
-        decide(&self.limiter, &self.readiness, request.get_ref()).map(Response::new)
+        let Some(tracer) = &self.tracer else {
+            return decide(&self.limiter, &self.readiness, request.get_ref()).map(Response::new);
+        };
+        let span = tracer.start(request.metadata());
+        let result = decide(&self.limiter, &self.readiness, request.get_ref());
+        span.finish(request.get_ref(), &result);
+        result.map(Response::new)
     }
 }

@@ -40,6 +40,8 @@ pub struct Running {
     pub replicas: Arc<ReplicaTable>,
     pub limiter: Arc<Limiter>,
     pub readiness: Arc<Readiness>,
+    /// The tracer of background work's spans, with `--otlp-endpoint` (for the log layer).
+    pub tracer: Option<opentelemetry_sdk::trace::Tracer>,
     stop: CancellationToken,
     done: JoinHandle<anyhow::Result<()>>,
 }
@@ -153,6 +155,8 @@ pub async fn start_with_clock(
         .ready
         .set(if replication.enabled() { 0.0 } else { 1.0 });
 
+    let serving_tls = crate::tls::ServingListeners::load(&settings, &metrics)?;
+    let telemetry = crate::telemetry::Telemetry::start(&settings)?;
     let grpc_listener = TcpListener::bind(settings.grpc_addr)
         .await
         .with_context(|| format!("cannot listen for gRPC on {}", settings.grpc_addr))?;
@@ -170,6 +174,7 @@ pub async fn start_with_clock(
             .max_members
             .saturating_mul(crate::replication::REPLICAS_PER_MEMBER),
     ));
+    let peer_tls = replication.tls.clone();
     let replicator = if replication.enabled() {
         let peer_listener = TcpListener::bind(settings.peer_addr)
             .await
@@ -198,8 +203,13 @@ pub async fn start_with_clock(
         .await;
 
     let limits = connection_limits(&settings);
-    let incoming = Listener::new(grpc_listener, "grpc", &limits, &metrics, true).into_incoming();
-    let rls = RlsService::new(limiter.clone(), readiness.clone());
+    let incoming = crate::tls::incoming(
+        Listener::new(grpc_listener, "grpc", &limits, &metrics, true),
+        serving_tls.grpc.clone(),
+    );
+    let rls = RlsService::new(limiter.clone(), readiness.clone())
+        .with_tracer(telemetry.as_ref().map(|t| t.request_tracer()));
+    let tracer = telemetry.as_ref().map(|t| t.tracer());
     let grpc_stop = CancellationToken::new();
     let grpc = tokio::spawn({
         let grpc_stop = grpc_stop.clone();
@@ -217,7 +227,10 @@ pub async fn start_with_clock(
         readiness: readiness.clone(),
     });
     let http = tokio::spawn(listener::serve_http(
-        Listener::new(http_listener, "http", &limits, &metrics, false),
+        crate::tls::Listener::new(
+            Listener::new(http_listener, "http", &limits, &metrics, false),
+            serving_tls.http.clone(),
+        ),
         app,
         settings.max_concurrent_streams,
         http_stop.clone(),
@@ -225,6 +238,11 @@ pub async fn start_with_clock(
 
     let background = CancellationToken::new();
     tokio::spawn(housekeeping(limiter.clone(), background.clone()));
+    let peer_tls = peer_tls.map(|t| t as Arc<dyn crate::tls::reload::Reloadable>);
+    let certs = serving_tls.watcher(settings.reload_interval, metrics.clone(), peer_tls);
+    if !certs.is_empty() {
+        tokio::spawn(certs.run(background.clone()));
+    }
     if let Some(path) = &settings.config {
         Reloader::new(
             path.clone(),
@@ -279,6 +297,9 @@ pub async fn start_with_clock(
                 r.hand_off(timeout).await;
                 r.stop().await;
             }
+            if let Some(t) = telemetry {
+                t.shutdown().await;
+            }
             served?;
             info!("shutdown complete");
             Ok(())
@@ -292,6 +313,7 @@ pub async fn start_with_clock(
         replicas,
         limiter,
         readiness,
+        tracer,
         stop,
         done,
     })

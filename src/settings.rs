@@ -171,6 +171,10 @@ pub struct ServeArgs {
     /// Largest rate limit config accepted, all files together, in bytes [default: 4194304]
     #[arg(long, env = "TOLLGATE_MAX_CONFIG_BYTES", value_name = "N")]
     pub max_config_bytes: Option<usize>,
+    #[command(flatten)]
+    pub serving_tls: crate::tls::settings::ServingTlsArgs,
+    #[command(flatten)]
+    pub telemetry: crate::telemetry::settings::TelemetryArgs,
 }
 
 /// The resolved settings of `tollgate serve`.
@@ -228,6 +232,14 @@ pub struct Settings {
     pub max_concurrent_streams: u32,
     pub allow_empty_config: bool,
     pub max_config_bytes: usize,
+    pub grpc_tls_cert: Option<PathBuf>,
+    pub grpc_tls_key: Option<PathBuf>,
+    pub grpc_tls_client_ca: Option<PathBuf>,
+    pub http_tls_cert: Option<PathBuf>,
+    pub http_tls_key: Option<PathBuf>,
+    pub http_tls_client_ca: Option<PathBuf>,
+    pub otlp_endpoint: Option<String>,
+    pub otlp_sampling_ratio: f64,
 }
 
 impl Default for Settings {
@@ -271,6 +283,14 @@ impl Default for Settings {
             max_concurrent_streams: 200,
             allow_empty_config: false,
             max_config_bytes: 4 << 20,
+            grpc_tls_cert: None,
+            grpc_tls_key: None,
+            grpc_tls_client_ca: None,
+            http_tls_cert: None,
+            http_tls_key: None,
+            http_tls_client_ca: None,
+            otlp_endpoint: None,
+            otlp_sampling_ratio: 1.0,
         }
     }
 }
@@ -397,6 +417,12 @@ impl ServeArgs {
         for (key, value) in overrides {
             b = b.set_override_option(key, value)?;
         }
+        for (key, value) in self.serving_tls.overrides() {
+            b = b.set_override_option(key, value)?;
+        }
+        for (key, value) in self.telemetry.overrides() {
+            b = b.set_override_option(key, value)?;
+        }
         let s: Settings = b.build()?.try_deserialize()?;
         s.validate()?;
         Ok(s)
@@ -471,6 +497,8 @@ impl Settings {
             ));
         }
         self.validate_limits()?;
+        self.validate_serving_tls()?;
+        self.validate_telemetry()?;
         self.validate_peer_tls()
     }
 

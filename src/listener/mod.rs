@@ -146,7 +146,16 @@ impl Listener {
 
     /// Put `io` (the accepted stream, or a TLS stream over it) under the timeouts.
     pub fn wrap<S>(&self, io: S, permit: OwnedSemaphorePermit) -> Conn<S> {
-        Conn::new(io, permit, self.policy.clone(), self.watch_h2_headers)
+        self.wrapper().wrap(io, permit)
+    }
+
+    /// What [`Listener::wrap`] needs, to wrap a connection in another task (after a TLS
+    /// handshake that must not hold up the accept loop).
+    pub fn wrapper(&self) -> Wrapper {
+        Wrapper {
+            policy: self.policy.clone(),
+            watch_h2_headers: self.watch_h2_headers,
+        }
     }
 
     /// The next plaintext connection, ready to serve.
@@ -163,6 +172,19 @@ impl Listener {
             let conn = l.next().await;
             Some((Ok(conn), l))
         })
+    }
+}
+
+/// A listener's timeouts, detached from it: see [`Listener::wrapper`].
+#[derive(Clone)]
+pub struct Wrapper {
+    policy: ConnPolicy,
+    watch_h2_headers: bool,
+}
+
+impl Wrapper {
+    pub fn wrap<S>(&self, io: S, permit: OwnedSemaphorePermit) -> Conn<S> {
+        Conn::new(io, permit, self.policy.clone(), self.watch_h2_headers)
     }
 }
 

@@ -11,9 +11,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio_util::sync::CancellationToken;
 
-use super::Listener;
+use crate::tls::Listener;
 
-/// Serve `app` on `listener` until `stop`, then let open connections finish.
+/// Serve `app` on `listener` (TLS or plain, bounded) until `stop`, then let open connections finish.
 pub async fn serve_http(
     mut listener: Listener,
     app: Router,

@@ -155,6 +155,8 @@ fn describe(r: &PrometheusRecorder) {
         d("tollgate_rule_keys_over_budget_total", "New keys of a rule beyond its key budget: answered from a shared bucket, or denied."),
         d("tollgate_connections_closed_total", "Client connections the server closed, by port and reason (idle, header_timeout)."),
         d("tollgate_accept_errors_total", "Failed accepts on a port (e.g. out of file descriptors), retried with backoff."),
+        d("tollgate_tls_reloads_total", "Certificate reloads after their files changed, by listener and result."),
+        d("tollgate_tls_handshake_failures_total", "TLS handshakes refused or timed out, by listener."),
     ];
     for (name, help) in counters {
         r.describe_counter(name, None, help);

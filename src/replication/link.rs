@@ -579,6 +579,8 @@ async fn session(shared: &Shared, link: &Link, out: &mut Outbox<'_>) -> End {
         *known = Some(hello.incarnation);
         new
     };
+    // From the resync's start to its SnapshotEnd: a span when traces are exported.
+    let resync = tracing::info_span!("peer_resync", peer = %hello.node, full_snapshot = new_peer);
     if new_peer {
         // It knows nothing of us: everything we hold goes over, then SnapshotEnd.
         info!(peer = %hello.node, addr = %link.addr, "sending full snapshot");
@@ -601,6 +603,7 @@ async fn session(shared: &Shared, link: &Link, out: &mut Outbox<'_>) -> End {
     if let Err(e) = out.send_end(&tx, round).await {
         return e;
     }
+    drop(resync);
 
     let mut tick = tokio::time::interval(shared.settings.sync_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
@@ -22,16 +22,31 @@ use crate::store::Merged;
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Connections the peer port holds at once: a handful per member (links, a redial racing an
+/// old link) at `--max-members`' default of 256, so a flood of junk connections cannot take
+/// the file descriptors the public ports need.
+const MAX_PEER_CONNECTIONS: usize = 1024;
+/// A peer connection silent this long is closed: live links carry membership probes and
+/// acks many times a second, so only a dead or hostile one is ever this quiet.
+const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
 pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, stop: CancellationToken) {
     let max = shared.settings.max_frame_bytes * 2;
     let builder = super::tls::server_builder(shared.settings.tls.as_deref());
+    let limits = crate::listener::Limits {
+        max_connections: MAX_PEER_CONNECTIONS,
+        idle_timeout: PEER_IDLE_TIMEOUT,
+        header_read_timeout: HELLO_TIMEOUT,
+    };
+    let listener =
+        crate::listener::Listener::new(listener, "peer", &limits, &shared.metrics.metrics, false);
+    let incoming = super::tls::incoming(shared.settings.tls.as_deref(), listener);
     let svc = ReplicationServer::new(PeerService {
         shared,
         stop: stop.clone(),
     })
     .max_decoding_message_size(max)
     .max_encoding_message_size(max);
-    let incoming = TcpListenerStream::new(listener);
     if let Err(e) = builder
         .tcp_nodelay(true)
         .add_service(svc)

@@ -3,18 +3,24 @@
 //! such a certificate is cut off at the handshake, before it can send a single frame; the
 //! cluster secret's HMAC on Hello is then a second, independent check.
 //!
-//! Everything is loaded and handed to rustls once, at startup: a missing file, a file with no
-//! PEM in it, a key that does not belong to the certificate or a CA rustls cannot use stops the
-//! server before it listens, with the flag and path to fix, instead of failing every handshake
-//! later.
+//! Everything is loaded and handed to rustls at startup: a missing file, a file with no PEM in
+//! it, a key that does not belong to the certificate or a CA rustls cannot use stops the server
+//! before it listens, with the flag and path to fix, instead of failing every handshake later.
+//! After that the files are re-read when they change ([`crate::tls::reload`]): new streams, in
+//! both directions, use the new certificate; streams already open carry on with the old one.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Server};
+
+use crate::tls::{Flags, ServingTls, Tls, TlsFiles, ALPN_H2};
 
 /// A handshake not finished by then is dropped, so a peer that connects and stalls (or speaks
 /// plaintext to a TLS port) does not hold a connection open.
@@ -53,16 +59,25 @@ pub enum PeerTlsError {
         files.cert.display(), files.key.display(), files.ca.display()
     )]
     Unusable { files: PeerTlsFiles, reason: String },
+    #[error(transparent)]
+    Serving(#[from] crate::tls::TlsError),
 }
 
+const PEER_FLAGS: Flags = Flags {
+    cert: "--peer-tls-cert",
+    key: "--peer-tls-key",
+    client_ca: "--peer-tls-ca",
+};
+
 /// This node's TLS identity and the CA its peers must be signed by, ready for both ends of the
-/// peer stream.
+/// peer stream, and swapped whole when the files change.
 pub struct PeerTls {
     files: PeerTlsFiles,
     server_name: Option<String>,
-    /// The peer server builder with the TLS acceptor already built (so it cannot fail later).
-    server: Server,
-    client: ClientTlsConfig,
+    /// The accepting side: client certificates required, signed by the CA.
+    server: Arc<ServingTls>,
+    /// The dialing side.
+    client: ArcSwap<ClientTlsConfig>,
 }
 
 /// Paths only: the private key must never end up in a log line.
@@ -79,58 +94,104 @@ impl PeerTls {
     /// Read and check the three files. `server_name` is the name peers' certificates must be
     /// valid for; without it, the host part of the address dialed (a DNS name or an IP).
     pub fn load(files: &PeerTlsFiles, server_name: Option<&str>) -> Result<PeerTls, PeerTlsError> {
-        let cert = read("--peer-tls-cert", &files.cert)?;
-        let key = read("--peer-tls-key", &files.key)?;
-        let ca = read("--peer-tls-ca", &files.ca)?;
-        certificates("--peer-tls-cert", &files.cert, &cert)?;
-        PrivateKeyDer::from_pem_slice(&key).map_err(|e| PeerTlsError::Parse {
-            flag: "--peer-tls-key",
-            path: files.key.clone(),
-            what: format!("no PEM private key (PKCS#8, PKCS#1 or SEC1) in it: {e}"),
-        })?;
-        certificates("--peer-tls-ca", &files.ca, &ca)?;
-        if let Some(name) = server_name {
-            ServerName::try_from(name).map_err(|_| PeerTlsError::ServerName(name.to_string()))?;
-        }
-
-        let identity = Identity::from_pem(cert, key);
-        let ca = Certificate::from_pem(ca);
-        let unusable = |e: tonic::transport::Error| PeerTlsError::Unusable {
-            files: files.clone(),
-            reason: chain(&e),
-        };
-        // client_ca_root with client auth required: no certificate signed by the CA, no stream.
-        let server_tls = ServerTlsConfig::new()
-            .identity(identity.clone())
-            .client_ca_root(ca.clone())
-            .timeout(HANDSHAKE_TIMEOUT);
-        let server = Server::builder().tls_config(server_tls).map_err(unusable)?;
-        let mut client = ClientTlsConfig::new()
-            .identity(identity)
-            .ca_certificate(ca)
-            .timeout(HANDSHAKE_TIMEOUT);
-        if let Some(name) = server_name {
-            client = client.domain_name(name);
-        }
-        // Build a connector once now, so what rustls refuses on the client side fails here too.
-        Endpoint::from_static("https://peer.invalid")
-            .tls_config(client.clone())
-            .map_err(unusable)?;
+        let client = client_config(files, server_name)?;
+        let server = ServingTls::load("peer", serving_files(files), PEER_FLAGS, ALPN_H2)?;
         Ok(PeerTls {
             files: files.clone(),
             server_name: server_name.map(str::to_string),
-            server,
-            client,
+            server: Arc::new(server),
+            client: ArcSwap::from_pointee(client),
         })
+    }
+
+    /// Re-read the files for the streams opened from now on; on error nothing changes.
+    pub fn reload(&self) -> Result<(), PeerTlsError> {
+        let client = client_config(&self.files, self.server_name.as_deref())?;
+        self.server.reload()?;
+        self.client.store(Arc::new(client));
+        Ok(())
     }
 }
 
-/// The builder of the peer server: with TLS when it is configured, plaintext otherwise.
-pub(crate) fn server_builder(tls: Option<&PeerTls>) -> Server {
-    match tls {
-        Some(t) => t.server.clone(),
-        None => Server::builder(),
+impl crate::tls::reload::Reloadable for PeerTls {
+    fn name(&self) -> &'static str {
+        "peer"
     }
+
+    fn paths(&self) -> Vec<PathBuf> {
+        vec![
+            self.files.cert.clone(),
+            self.files.key.clone(),
+            self.files.ca.clone(),
+        ]
+    }
+
+    fn reload(&self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        PeerTls::reload(self).map_err(Into::into)
+    }
+}
+
+fn serving_files(files: &PeerTlsFiles) -> TlsFiles {
+    TlsFiles {
+        cert: files.cert.clone(),
+        key: files.key.clone(),
+        client_ca: Some(files.ca.clone()),
+    }
+}
+
+/// The dialing side's config, checked by building a connector once, so what rustls refuses
+/// fails here rather than at every dial.
+fn client_config(
+    files: &PeerTlsFiles,
+    server_name: Option<&str>,
+) -> Result<ClientTlsConfig, PeerTlsError> {
+    let cert = read("--peer-tls-cert", &files.cert)?;
+    let key = read("--peer-tls-key", &files.key)?;
+    let ca = read("--peer-tls-ca", &files.ca)?;
+    certificates("--peer-tls-cert", &files.cert, &cert)?;
+    PrivateKeyDer::from_pem_slice(&key).map_err(|e| PeerTlsError::Parse {
+        flag: "--peer-tls-key",
+        path: files.key.clone(),
+        what: format!("no PEM private key (PKCS#8, PKCS#1 or SEC1) in it: {e}"),
+    })?;
+    certificates("--peer-tls-ca", &files.ca, &ca)?;
+    if let Some(name) = server_name {
+        ServerName::try_from(name).map_err(|_| PeerTlsError::ServerName(name.to_string()))?;
+    }
+    let mut client = ClientTlsConfig::new()
+        .identity(Identity::from_pem(cert, key))
+        .ca_certificate(Certificate::from_pem(ca))
+        .timeout(HANDSHAKE_TIMEOUT);
+    if let Some(name) = server_name {
+        client = client.domain_name(name);
+    }
+    Endpoint::from_static("https://peer.invalid")
+        .tls_config(client.clone())
+        .map_err(|e| PeerTlsError::Unusable {
+            files: files.clone(),
+            reason: chain(&e),
+        })?;
+    Ok(client)
+}
+
+/// The builder of the peer server (TLS, when configured, is in [`incoming`]).
+pub(crate) fn server_builder(_tls: Option<&PeerTls>) -> Server {
+    Server::builder()
+}
+
+/// The peer server's connections: after a handshake with the certificate current at that
+/// moment when TLS is configured, plain TCP otherwise.
+pub(crate) fn incoming(
+    tls: Option<&PeerTls>,
+    listener: crate::listener::Listener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<crate::tls::Bounded>> + Send + 'static {
+    crate::tls::incoming(
+        listener,
+        tls.map(|t| Tls {
+            serving: t.server.clone(),
+            handshake_failures: metrics::Counter::noop(),
+        }),
+    )
 }
 
 /// The endpoint to dial a peer at `addr` (`host:port`): `https` with this node's certificate
@@ -140,7 +201,8 @@ pub(crate) fn endpoint(
     addr: &str,
 ) -> Result<Endpoint, tonic::transport::Error> {
     match tls {
-        Some(t) => Endpoint::from_shared(format!("https://{addr}"))?.tls_config(t.client.clone()),
+        Some(t) => Endpoint::from_shared(format!("https://{addr}"))?
+            .tls_config((*t.client.load_full()).clone()),
         None => Endpoint::from_shared(format!("http://{addr}")),
     }
 }

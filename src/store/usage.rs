@@ -33,6 +33,9 @@ fn entry_for<'a>(
                 state: BucketState::new(generation_at(now)),
                 limit,
                 version: 0,
+                // Usage calls do not name their rule: such keys count in the shared pool,
+                // as replicated keys do (`budget.rs`).
+                budget: 0,
             };
             (map.insert(id, entry), true)
         }
@@ -58,6 +61,9 @@ impl Store {
             return self.charge_shared_with_debt(key, limit, hits, now);
         }
         let (entry, created) = entry_for(&mut shard.map, key.0, limit, now, &self.live);
+        if created {
+            self.budgets.added(0);
+        }
         let outcome = if mode.fair > 0 {
             if created {
                 entry.state.open_at(&limit, now);
@@ -101,7 +107,7 @@ impl Store {
     /// A new key beyond `max_keys`: its usage goes to a shared overflow bucket of its limit, as
     /// [`decide`](Store::decide) places requests, or nowhere when that table is full too.
     fn charge_shared_with_debt(&self, key: KeyId, limit: Limit, hits: u64, now: i64) -> Verdict {
-        let id = key.overflow_id(&limit, self.cfg.overflow_buckets_per_limit);
+        let id = key.overflow_id(&limit, 0, self.cfg.overflow_buckets_per_limit);
         let mut o = self.overflow.lock();
         if o.map.find(id).is_none()
             && self.overflow_live.load(Ordering::Relaxed) >= self.cfg.max_overflow_keys
@@ -158,7 +164,7 @@ impl Store {
         if self.live.load(Ordering::Relaxed) < self.cfg.max_keys {
             return verdict_of_read(fresh.precheck(&limit, now), Placement::Own);
         }
-        let id = key.overflow_id(&limit, self.cfg.overflow_buckets_per_limit);
+        let id = key.overflow_id(&limit, 0, self.cfg.overflow_buckets_per_limit);
         let o = self.overflow.lock();
         let state = o.map.get(id).map_or(&fresh, |e| &e.state);
         verdict_of_read(state.precheck(&limit, now), Placement::Shared)

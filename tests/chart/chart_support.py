@@ -42,6 +42,8 @@ ALL_ON: dict = {
         "clusterSecret": {"value": "s3cret"},
         "tls": {"enabled": True, "secretName": "tollgate-peer-tls"},
     },
+    "grpcTls": {"enabled": True, "secretName": "tollgate-serving-tls"},
+    "otlp": {"endpoint": "http://otel-collector.observability:4317", "samplingRatio": 0.1},
     "service": {"annotations": {"example.com/owner": "edge"}},
     "peerService": {"annotations": {"example.com/owner": "edge"}},
     "serviceAccount": {"annotations": {"example.com/role": "tollgate"}},

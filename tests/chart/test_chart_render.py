@@ -424,3 +424,64 @@ def test_the_peer_service_declares_tls_only_when_mtls_is_on():
 
     assert peer_port({})["appProtocol"] == "kubernetes.io/h2c"
     assert peer_port(ALL_ON)["appProtocol"] == "https"
+
+
+# --- serving TLS and OpenTelemetry ---------------------------------------------------------
+
+GRPC_TLS = {"grpcTls": {"enabled": True, "secretName": "tollgate-serving-tls"}}
+
+
+def test_grpc_tls_secret_is_mounted_as_a_directory_and_passed_to_the_flags():
+    docs = render(GRPC_TLS)
+    c = container(docs)
+    assert flag(c["args"], "grpc-tls-cert") == "/etc/tollgate/grpc-tls/tls.crt"
+    assert flag(c["args"], "grpc-tls-key") == "/etc/tollgate/grpc-tls/tls.key"
+    assert flag(c["args"], "grpc-tls-client-ca") == "/etc/tollgate/grpc-tls/ca.crt"
+    volumes = {v["name"]: v for v in only(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["grpc-tls"]["secret"]["secretName"] == "tollgate-serving-tls"
+    # No subPath: a rotation swaps the Secret's ..data symlink, which tollgate watches.
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "grpc-tls")
+    assert mount == {"name": "grpc-tls", "mountPath": "/etc/tollgate/grpc-tls", "readOnly": True}
+    client = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == FULLNAME)
+    grpc_port = next(p for p in client["spec"]["ports"] if p["name"] == "grpc")
+    assert grpc_port["appProtocol"] == "https"
+
+
+def test_grpc_tls_without_client_certificates_and_absent_by_default():
+    docs = render(merged(GRPC_TLS, {"grpcTls": {"requireClientCertificate": False}}))
+    assert not [a for a in container(docs)["args"] if a.startswith("--grpc-tls-client-ca")]
+    defaults = render()
+    assert not [a for a in container(defaults)["args"] if a.startswith("--grpc-tls")]
+    client = next(d for d in defaults if d["kind"] == "Service" and d["metadata"]["name"] == FULLNAME)
+    assert next(p for p in client["spec"]["ports"] if p["name"] == "grpc")["appProtocol"] == "kubernetes.io/h2c"
+
+
+def test_grpc_tls_without_a_secret_is_refused():
+    h = helm()
+    with pytest.raises(h.HelmRenderError) as failure:
+        render({"grpcTls": {"enabled": True}})
+    assert "grpcTls.secretName" in str(failure.value)
+
+
+def test_otlp_endpoint_and_sampling_ratio_become_flags():
+    docs = render({"otlp": {"endpoint": "http://otel-collector.observability:4317", "samplingRatio": 0.25}})
+    args = container(docs)["args"]
+    assert flag(args, "otlp-endpoint") == "http://otel-collector.observability:4317"
+    assert flag(args, "otlp-sampling-ratio") == "0.25"
+    assert not [a for a in container(render())["args"] if a.startswith("--otlp")]
+
+
+@pytest.mark.parametrize(
+    "bad, complaint",
+    [
+        ({"otlp": {"endpoint": "otel-collector:4317"}}, "/otlp/endpoint"),
+        ({"otlp": {"samplingRatio": 2}}, "/otlp/samplingRatio"),
+        ({"grpcTls": {"certFile": "x"}}, "certFile"),
+    ],
+    ids=["endpoint-not-a-url", "ratio-over-one", "unknown-key"],
+)
+def test_schema_rejects_bad_tls_and_otlp_values(bad, complaint):
+    h = helm()
+    with pytest.raises(h.HelmValuesError) as failure:
+        render(bad)
+    assert complaint in str(failure.value)

@@ -99,6 +99,9 @@ Combinations the schema cannot express. Fails the render with a message that say
 {{- if and .Values.replication.enabled .Values.replication.tls.enabled (not .Values.replication.tls.secretName) }}
 {{- fail "replication.tls.enabled=true needs replication.tls.secretName (a Secret with tls.crt, tls.key and ca.crt)" }}
 {{- end }}
+{{- if and .Values.grpcTls.enabled (not .Values.grpcTls.secretName) }}
+{{- fail "grpcTls.enabled=true needs grpcTls.secretName (a Secret with tls.crt, tls.key and, for client certificates, ca.crt)" }}
+{{- end }}
 {{- if and (not .Values.limits.existingConfigMap) (not .Values.limits.files) }}
 {{- fail "no limits: set limits.files or limits.existingConfigMap" }}
 {{- end }}
