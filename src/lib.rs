@@ -11,6 +11,7 @@ pub mod http;
 pub mod limiter;
 pub mod metrics;
 pub mod readiness;
+pub mod reference_settings;
 pub mod reload;
 pub mod replication;
 pub mod rls;

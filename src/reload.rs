@@ -50,7 +50,7 @@ impl Reloader {
             return None;
         }
         self.last = files;
-        match config::RateLimitConfig::from_files(&self.last) {
+        match self.limiter.build_config(&self.last) {
             Ok(c) => {
                 let domains = c.domains().count();
                 self.limiter.swap_config(c);

@@ -16,12 +16,13 @@ use crate::bucket::ReplicaId;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{self, RateLimitConfig};
 use crate::http::{self, HttpState};
-use crate::limiter::{Limiter, RequestBounds};
+use crate::limiter::{DecisionOptions, Limiter, RequestBounds};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::reload::Reloader;
 use crate::replication::tls::{PeerTls, PeerTlsFiles};
 use crate::replication::{Replica, ReplicaTable, ReplicationSettings, Replicator};
+use crate::rls::respond::{HeaderNames, ResponseOptions};
 use crate::rls::{self, RateLimitServiceServer, RlsService};
 use crate::settings::Settings;
 use crate::store::{Store, StoreConfig};
@@ -68,7 +69,7 @@ pub fn initial_config(
         None => Ok((RateLimitConfig::embedded_default(), Vec::new())),
         Some(path) => {
             let files = config::read_path(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let cfg = RateLimitConfig::from_files(&files)
+            let cfg = RateLimitConfig::from_files_with(&files, build_options(settings))
                 .map_err(|e| anyhow::anyhow!("invalid rate limit config:\n{e}"))?;
             Ok((cfg, files))
         }
@@ -111,7 +112,8 @@ pub async fn start_with_clock(
             max_bytes: settings.max_bytes,
         },
         settings.near_limit_ratio,
-    ));
+    )
+    .with_options(decision_options(&settings)));
     // A replicated node is not ready until it holds its peers' state: answering from an empty
     // view would create fresh buckets that override what the cluster consumed.
     let readiness = Arc::new(Readiness::new(!replication.enabled()));
@@ -156,6 +158,9 @@ pub async fn start_with_clock(
     health.set_service_status("", ServingStatus::Serving).await;
     health
         .set_service_status(rls::SERVICE_NAME, ServingStatus::Serving)
+        .await;
+    health
+        .set_service_status(rls::REFERENCE_HEALTH_NAME, ServingStatus::Serving)
         .await;
 
     let incoming =
@@ -213,6 +218,9 @@ pub async fn start_with_clock(
             health
                 .set_service_status(rls::SERVICE_NAME, ServingStatus::NotServing)
                 .await;
+            health
+                .set_service_status(rls::REFERENCE_HEALTH_NAME, ServingStatus::NotServing)
+                .await;
             grpc_stop.cancel();
             http_stop.cancel();
             background.cancel();
@@ -254,6 +262,31 @@ pub async fn start_with_clock(
         stop,
         done,
     })
+}
+
+/// How configs are built: the reference's `MERGE_DOMAIN_CONFIG`.
+pub fn build_options(s: &Settings) -> config::BuildOptions {
+    config::BuildOptions {
+        merge_domains: s.merge_domain_config,
+    }
+}
+
+/// The reference's global switches and what responses carry.
+fn decision_options(s: &Settings) -> DecisionOptions {
+    DecisionOptions {
+        shadow_mode: s.shadow_mode,
+        quota_mode: s.quota_mode,
+        build: build_options(s),
+        response: ResponseOptions {
+            headers: s.response_headers.then(|| HeaderNames {
+                limit: s.limit_header.clone(),
+                remaining: s.remaining_header.clone(),
+                reset: s.reset_header.clone(),
+            }),
+            retry_after: s.retry_after,
+            dynamic_metadata: s.response_dynamic_metadata,
+        },
+    }
 }
 
 fn replication_settings(s: &Settings) -> anyhow::Result<ReplicationSettings> {

@@ -5,6 +5,7 @@ mod binary;
 mod common;
 mod decisions;
 mod errors;
+mod fidelity;
 mod http;
 mod metrics;
 #[path = "../support/ports.rs"]
