@@ -114,7 +114,11 @@ impl Active {
                         rule_bucket(rule),
                     )),
                     detailed: rule.metric_path.as_ref().map(|_| {
-                        Arc::new(DetailedSeries::new(metrics, &rule.domain, DEFAULT_SERIES_CAP))
+                        Arc::new(DetailedSeries::new(
+                            metrics,
+                            &rule.domain,
+                            DEFAULT_SERIES_CAP,
+                        ))
                     }),
                 },
             })
@@ -216,7 +220,10 @@ impl Limiter {
     }
 
     /// Build a config from files with this limiter's build options (`MERGE_DOMAIN_CONFIG`).
-    pub fn build_config(&self, files: &[(String, String)]) -> Result<RateLimitConfig, ConfigErrors> {
+    pub fn build_config(
+        &self,
+        files: &[(String, String)],
+    ) -> Result<RateLimitConfig, ConfigErrors> {
         RateLimitConfig::from_files_with(files, self.options.build)
     }
 

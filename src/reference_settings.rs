@@ -57,7 +57,10 @@ impl ReferenceArgs {
             ("remaining_header", self.remaining_header.clone()),
             ("reset_header", self.reset_header.clone()),
             ("retry_after", b(self.retry_after)),
-            ("response_dynamic_metadata", b(self.response_dynamic_metadata)),
+            (
+                "response_dynamic_metadata",
+                b(self.response_dynamic_metadata),
+            ),
             ("merge_domain_config", b(self.merge_domain_config)),
         ]
     }
@@ -98,7 +101,10 @@ pub(crate) fn aliases(
         path.push(env("RUNTIME_APPDIRECTORY").unwrap_or_else(|| "config".into()));
         out.push(("config", path.display().to_string()));
     }
-    for (port, host, key) in [("GRPC_PORT", "GRPC_HOST", "grpc_addr"), ("PORT", "HOST", "http_addr")] {
+    for (port, host, key) in [
+        ("GRPC_PORT", "GRPC_HOST", "grpc_addr"),
+        ("PORT", "HOST", "http_addr"),
+    ] {
         if let Some(p) = env(port) {
             let p: u16 = p.trim().parse().map_err(|_| {
                 SettingsError::Invalid(format!("{port} must be a port number, got '{p}'"))
@@ -110,7 +116,10 @@ pub(crate) fn aliases(
     for (var, key) in SAME {
         let Some(v) = env(var) else { continue };
         let v = match *key {
-            "shadow_mode" | "quota_mode" | "response_headers" | "response_dynamic_metadata"
+            "shadow_mode"
+            | "quota_mode"
+            | "response_headers"
+            | "response_dynamic_metadata"
             | "merge_domain_config" => go_bool(var, &v)?.to_string(),
             "log_format" => v.to_ascii_lowercase(),
             _ => v,
@@ -146,13 +155,20 @@ mod tests {
 
     #[test]
     fn the_runtime_variables_name_the_directory_the_reference_reads() {
-        let out = from(&[("RUNTIME_ROOT", "/data"), ("RUNTIME_SUBDIRECTORY", "ratelimit")]);
+        let out = from(&[
+            ("RUNTIME_ROOT", "/data"),
+            ("RUNTIME_SUBDIRECTORY", "ratelimit"),
+        ]);
         assert_eq!(out, [("config", "/data/ratelimit/config".to_string())]);
     }
 
     #[test]
     fn ports_become_listen_addresses_on_every_interface_unless_a_host_is_given() {
-        let out = from(&[("GRPC_PORT", "9081"), ("PORT", "9080"), ("HOST", "127.0.0.1")]);
+        let out = from(&[
+            ("GRPC_PORT", "9081"),
+            ("PORT", "9080"),
+            ("HOST", "127.0.0.1"),
+        ]);
         assert_eq!(
             out,
             [
@@ -164,8 +180,15 @@ mod tests {
 
     #[test]
     fn go_booleans_and_log_settings_are_translated() {
-        let out = from(&[("SHADOW_MODE", "1"), ("LOG_FORMAT", "JSON"), ("LOG_LEVEL", "DEBUG")]);
-        assert!(out.contains(&("shadow_mode", "true".to_string())), "{out:?}");
+        let out = from(&[
+            ("SHADOW_MODE", "1"),
+            ("LOG_FORMAT", "JSON"),
+            ("LOG_LEVEL", "DEBUG"),
+        ]);
+        assert!(
+            out.contains(&("shadow_mode", "true".to_string())),
+            "{out:?}"
+        );
         assert!(out.contains(&("log_format", "json".to_string())), "{out:?}");
         assert!(out.contains(&("log_level", "DEBUG".to_string())), "{out:?}");
     }

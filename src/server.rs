@@ -101,19 +101,21 @@ pub async fn start_with_clock(
         },
         ReplicaId(0),
     ));
-    let limiter = Arc::new(Limiter::new(
-        cfg,
-        store.clone(),
-        clock.clone(),
-        metrics.clone(),
-        RequestBounds {
-            max_descriptors: settings.max_descriptors,
-            max_entries: settings.max_entries,
-            max_bytes: settings.max_bytes,
-        },
-        settings.near_limit_ratio,
-    )
-    .with_options(decision_options(&settings)));
+    let limiter = Arc::new(
+        Limiter::new(
+            cfg,
+            store.clone(),
+            clock.clone(),
+            metrics.clone(),
+            RequestBounds {
+                max_descriptors: settings.max_descriptors,
+                max_entries: settings.max_entries,
+                max_bytes: settings.max_bytes,
+            },
+            settings.near_limit_ratio,
+        )
+        .with_options(decision_options(&settings)),
+    );
     // A replicated node is not ready until it holds its peers' state: answering from an empty
     // view would create fresh buckets that override what the cluster consumed.
     let readiness = Arc::new(Readiness::new(!replication.enabled()));

@@ -589,7 +589,12 @@ mod tests {
 
     #[test]
     fn the_burst_guard_is_on_by_default_and_can_be_turned_off() {
-        assert!(args(&[]).resolve_with_env(|_| None).expect("valid").burst_guard);
+        assert!(
+            args(&[])
+                .resolve_with_env(|_| None)
+                .expect("valid")
+                .burst_guard
+        );
         assert!(
             !args(&["--burst-guard", "false"])
                 .resolve_with_env(|_| None)

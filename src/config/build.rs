@@ -225,13 +225,19 @@ impl Builder<'_> {
     }
 
     /// `metadata` as JSON (what the response's dynamic metadata carries); keys must be strings.
-    fn metadata(&mut self, d: &YamlDescriptor, at: &str) -> Option<std::sync::Arc<serde_json::Value>> {
+    fn metadata(
+        &mut self,
+        d: &YamlDescriptor,
+        at: &str,
+    ) -> Option<std::sync::Arc<serde_json::Value>> {
         let yaml = d.metadata.as_ref()?;
         match serde_json::to_value(yaml) {
             Ok(serde_json::Value::Null) => None,
             Ok(json) => Some(std::sync::Arc::new(json)),
             Err(err) => {
-                self.error(format!("metadata cannot be represented as JSON ({err}) {at}"));
+                self.error(format!(
+                    "metadata cannot be represented as JSON ({err}) {at}"
+                ));
                 None
             }
         }

@@ -81,7 +81,12 @@ pub(crate) fn recover(
 
 /// Removes the keys `accepted` does not list from `map` (recording them), then walks the
 /// levels below it.
-fn clean(map: &mut Mapping, place: String, accepted: &'static [&'static str], out: &mut Vec<Unknown>) {
+fn clean(
+    map: &mut Mapping,
+    place: String,
+    accepted: &'static [&'static str],
+    out: &mut Vec<Unknown>,
+) {
     let keys: Vec<Value> = map.keys().cloned().collect();
     for key in keys {
         let name = match &key {

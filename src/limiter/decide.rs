@@ -131,7 +131,8 @@ pub(crate) fn decide<'a>(
         }
     }
     let o = Over::of(&plans, &verdicts);
-    let over = blocked || o.other || (count.quota > 0 && o.quota + count.quota_blocked == count.quota);
+    let over =
+        blocked || o.other || (count.quota > 0 && o.quota + count.quota_blocked == count.quota);
     Decision {
         plans,
         charges,

@@ -114,7 +114,9 @@ pub(crate) fn resolve<'a>(
         let plan = match *m {
             Matched::Nothing => Plan::NoLimit,
             Matched::Override(o) => r.override_plan(index, d, o, hits)?,
-            Matched::Rule(_, rule) if rule.name.as_deref().is_some_and(|n| replaced.contains(&n)) => {
+            Matched::Rule(_, rule)
+                if rule.name.as_deref().is_some_and(|n| replaced.contains(&n)) =>
+            {
                 Plan::NoLimit
             }
             Matched::Rule(i, rule) => r.rule_plan(d, i, rule, hits),

@@ -8,7 +8,9 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
     Code, DescriptorStatus, RateLimit,
 };
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
-use envoy_types::pb::google::protobuf::{value::Kind, Duration as PbDuration, ListValue, Struct, Value};
+use envoy_types::pb::google::protobuf::{
+    value::Kind, Duration as PbDuration, ListValue, Struct, Value,
+};
 use smallvec::SmallVec;
 
 use crate::limiter::{Decision, LimitedOutcome, Outcome};
@@ -100,10 +102,7 @@ fn status(o: &Outcome<'_>) -> DescriptorStatus {
                 Code::Ok as i32
             },
             current_limit: Some(RateLimit {
-                name: l
-                    .rule
-                    .and_then(|r| r.name.clone())
-                    .unwrap_or_default(),
+                name: l.rule.and_then(|r| r.name.clone()).unwrap_or_default(),
                 requests_per_unit: l.requests_per_unit,
                 unit: l.unit.to_proto(),
             }),
@@ -199,7 +198,11 @@ fn metadata(
         .collect();
     put(&mut fields, "descriptors", list(descriptors));
     if req.hits_addend != 0 {
-        put(&mut fields, "hitsAddend", number(f64::from(req.hits_addend)));
+        put(
+            &mut fields,
+            "hitsAddend",
+            number(f64::from(req.hits_addend)),
+        );
     }
     let mut merged = Struct::default();
     for o in outcomes {
@@ -220,9 +223,9 @@ fn metadata(
         put(&mut fields, "metadata", struct_value(merged));
     }
     if let Some((index, l)) = tripped {
-        let name = l.rule.map_or("_override", |r| {
-            r.name.as_deref().unwrap_or(&r.stats_key)
-        });
+        let name = l
+            .rule
+            .map_or("_override", |r| r.name.as_deref().unwrap_or(&r.stats_key));
         put(&mut fields, "trippedRule", string(name));
         put(&mut fields, "trippedDescriptorIndex", number(index as f64));
     }

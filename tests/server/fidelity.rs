@@ -49,12 +49,8 @@ fn field<'a>(r: &'a RateLimitResponse, name: &str) -> Option<&'a Kind> {
 #[tokio::test]
 async fn quota_mode_is_over_only_when_every_quota_descriptor_is_over() {
     let mut h = Harness::start(CONFIG).await;
-    let both = |a: &str, b: &str| {
-        request(
-            "fid",
-            vec![desc(&[("model", a)]), desc(&[("model", b)])],
-        )
-    };
+    let both =
+        |a: &str, b: &str| request("fid", vec![desc(&[("model", a)]), desc(&[("model", b)])]);
     let r = h.ask(both("a", "b")).await;
     assert_eq!(r.overall_code, OK);
     // a is spent: one quota descriptor over, the other within: the request passes, and b
@@ -102,7 +98,10 @@ async fn global_shadow_mode_answers_ok_and_counts_it() {
     }
     let r = h.ask(request("fid", vec![desc(&[("user", "s")])])).await;
     assert_eq!(r.overall_code, OK, "shadowed");
-    assert_eq!(r.statuses[0].code, OVER, "the descriptor still says what it is");
+    assert_eq!(
+        r.statuses[0].code, OVER,
+        "the descriptor still says what it is"
+    );
     let metrics = h.get_text("/metrics").await;
     assert!(
         metrics.contains("tollgate_global_shadow_mode_total 1"),
@@ -121,7 +120,11 @@ async fn an_over_limit_descriptor_reports_zero_remaining() {
         .await;
     assert_eq!(r.statuses[0].code, OVER);
     assert_eq!(r.statuses[0].limit_remaining, 0);
-    assert_eq!(h.remaining("fid", &[("user", "z")]).await, 1, "nothing taken");
+    assert_eq!(
+        h.remaining("fid", &[("user", "z")]).await,
+        1,
+        "nothing taken"
+    );
 }
 
 #[tokio::test]
@@ -169,9 +172,7 @@ async fn value_to_metric_and_shared_detailed_labels() {
         "{metrics}"
     );
     assert!(
-        metrics.contains(
-            "tollgate_hits_total{domain=\"fid\",limit=\"tenant_t1.path_/files/*\"} 2"
-        ),
+        metrics.contains("tollgate_hits_total{domain=\"fid\",limit=\"tenant_t1.path_/files/*\"} 2"),
         "{metrics}"
     );
     assert!(!metrics.contains("path_/files/a"), "{metrics}");
@@ -212,7 +213,10 @@ async fn dynamic_metadata_names_the_request_the_passed_rules_and_what_tripped() 
     let r = h
         .ask(request(
             "fid",
-            vec![desc(&[("user", "m")]), with_hits(desc(&[("model", "x")]), 5)],
+            vec![
+                desc(&[("user", "m")]),
+                with_hits(desc(&[("model", "x")]), 5),
+            ],
         ))
         .await;
     assert_eq!(r.overall_code, OVER);
@@ -246,6 +250,11 @@ async fn merge_domain_config_joins_files_of_one_domain() {
             .is_some_and(|l| l.requests_per_unit == 7)
     })
     .await;
-    let r = h.ask(request("fid", vec![desc(&[("user", "still")])])).await;
-    assert_eq!(r.statuses[0].limit_remaining, 2, "the first file's rules stay");
+    let r = h
+        .ask(request("fid", vec![desc(&[("user", "still")])]))
+        .await;
+    assert_eq!(
+        r.statuses[0].limit_remaining, 2,
+        "the first file's rules stay"
+    );
 }

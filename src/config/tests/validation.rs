@@ -326,10 +326,27 @@ fn merged_domains_join_their_descriptors_and_still_refuse_duplicates() {
         merge_domains: true,
     };
     let c = RateLimitConfig::from_files_with(&files, merge).expect("merged");
-    assert_eq!(super::requests_per_unit(super::rule(&c, "d", &[("b", "x")])), 2);
-    assert_eq!(super::requests_per_unit(super::rule(&c, "d", &[("a", "x")])), 1);
-    assert!(RateLimitConfig::from_files(&files).is_err(), "refused without the option");
-    let dup = [files[0].clone(), ("three.yaml".to_string(), files[0].1.clone())];
+    assert_eq!(
+        super::requests_per_unit(super::rule(&c, "d", &[("b", "x")])),
+        2
+    );
+    assert_eq!(
+        super::requests_per_unit(super::rule(&c, "d", &[("a", "x")])),
+        1
+    );
+    assert!(
+        RateLimitConfig::from_files(&files).is_err(),
+        "refused without the option"
+    );
+    let dup = [
+        files[0].clone(),
+        ("three.yaml".to_string(), files[0].1.clone()),
+    ];
     let errs = RateLimitConfig::from_files_with(&dup, merge).unwrap_err();
-    assert!(errs.0[0].message.contains("duplicate descriptor composite key"), "{errs}");
+    assert!(
+        errs.0[0]
+            .message
+            .contains("duplicate descriptor composite key"),
+        "{errs}"
+    );
 }
