@@ -12,6 +12,7 @@ pub mod limiter;
 pub mod listener;
 pub mod metrics;
 pub mod readiness;
+pub mod reference_settings;
 pub mod reload;
 pub mod replication;
 pub mod rls;

@@ -1,30 +1,32 @@
 //! The core: a `RateLimitRequest` in, a `RateLimitResponse` out. gRPC and HTTP are thin adapters
 //! over this.
 //!
-//! For each descriptor: find its rule (or take the request's limit override), build the bucket's
-//! key, then let the store decide all buckets of the request at once. A request with a
-//! descriptor over its limit charges none of its buckets: the caller is told to reject the whole
-//! request, so taking tokens from the other buckets would punish it twice.
+//! A decision is four steps, each in its own module: `resolve` (pure: the request and the
+//! served config to what limits each descriptor, with every key derived in `keys`), `decide`
+//! (the store charges all buckets of the request at once, all or nothing), `account` (the
+//! metrics) and `rls::respond` (the Envoy response). A request with a descriptor over its limit
+//! charges none of its buckets: the caller is told to reject the whole request, so taking
+//! tokens from the other buckets would punish it twice.
 
-use std::collections::{HashMap, HashSet};
+mod account;
+mod decide;
+mod keys;
+mod resolve;
+
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
-    Code, DescriptorStatus, RateLimit,
-};
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
-use envoy_types::pb::google::protobuf::Duration as PbDuration;
-use metrics::Label;
-use smallvec::SmallVec;
 
 use crate::bucket::Limit;
 use crate::clock::Clock;
-use crate::config::{Match, RateLimitConfig, Rule, RuleLimit};
-use crate::metrics::{Metrics, RuleStats};
-use crate::store::{Charge, KeyBuilder, Placement, Store};
-use crate::unit::Unit;
+use crate::config::{BuildOptions, ConfigErrors, RateLimitConfig, Rule, RuleLimit};
+use crate::metrics::{DetailedSeries, Metrics, RuleStats, DEFAULT_SERIES_CAP};
+use crate::rls::respond::{self, ResponseOptions};
+use crate::store::Store;
+
+pub use decide::{Decision, LimitedOutcome, Outcome};
 
 /// Size bounds on one request: beyond them it is refused with INVALID_ARGUMENT, so a malformed
 /// or hostile request costs no more than a normal one.
@@ -59,8 +61,6 @@ pub enum RequestError {
         got: usize,
         max: usize,
     },
-    #[error("descriptor {index}: has no entries")]
-    EmptyDescriptor { index: usize },
     #[error("{what} is {got} bytes long (at most {max})")]
     TooLong {
         what: String,
@@ -73,56 +73,102 @@ pub enum RequestError {
     NegativeHits { index: usize },
 }
 
+/// The metrics of one rule (or of a domain's limit overrides).
+#[derive(Clone)]
+pub struct RuleMetrics {
+    pub stats: Arc<RuleStats>,
+    /// Series labelled per request (`detailed_metric`, `value_to_metric`).
+    pub detailed: Option<Arc<DetailedSeries>>,
+}
+
+/// Each rule with a bucket, and limit overrides, get a share of the key budget.
+fn set_budgets(store: &Store, config: &RateLimitConfig) {
+    let rules = config
+        .rules()
+        .filter(|r| rule_bucket(r).is_some())
+        .map(|r| r.id);
+    store
+        .budgets()
+        .set_rules(rules.chain([crate::store::budget::OVERRIDES]));
+}
+
 /// The config being served, with the statistics of each of its rules.
 pub struct Active {
     pub config: RateLimitConfig,
-    stats: HashMap<u64, Arc<RuleStats>>,
+    /// Indexed like `config.rules()`.
+    rules: Vec<RuleMetrics>,
     /// Limit overrides carry their own limit, so they are counted per domain, not per rule.
-    overrides: HashMap<String, Arc<RuleStats>>,
-    unknown_overrides: Arc<RuleStats>,
+    overrides: HashMap<String, RuleMetrics>,
 }
 
 impl Active {
     fn build(config: RateLimitConfig, metrics: &Metrics, previous: Option<&Active>) -> Active {
-        let mut stats = HashMap::new();
-        for rule in config.rules() {
-            // An unchanged rule keeps its statistics (and, by its id, its buckets).
-            let s = previous
-                .and_then(|p| p.stats.get(&rule.id).cloned())
-                .unwrap_or_else(|| {
-                    Arc::new(RuleStats::new(
+        // An unchanged rule keeps its statistics (and, by its id, its buckets).
+        let by_id: HashMap<u64, &RuleMetrics> = previous
+            .map(|p| {
+                p.config
+                    .rules()
+                    .zip(&p.rules)
+                    .map(|(r, m)| (r.id, m))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let rules = config
+            .rules()
+            .map(|rule| match by_id.get(&rule.id) {
+                Some(m) => (*m).clone(),
+                None => RuleMetrics {
+                    stats: Arc::new(RuleStats::new(
                         metrics,
                         &rule.domain,
                         limit_label(rule),
                         rule_bucket(rule),
-                    ))
-                });
-            stats.insert(rule.id, s);
-        }
+                    )),
+                    detailed: rule.metric_path.as_ref().map(|_| {
+                        Arc::new(DetailedSeries::new(
+                            metrics,
+                            &rule.domain,
+                            DEFAULT_SERIES_CAP,
+                        ))
+                    }),
+                },
+            })
+            .collect();
         let overrides = config
             .domains()
             .map(|d| {
-                let s = previous
+                let m = previous
                     .and_then(|p| p.overrides.get(d).cloned())
-                    .unwrap_or_else(|| Arc::new(RuleStats::new(metrics, d, "_override", None)));
-                (d.to_string(), s)
+                    .unwrap_or_else(|| RuleMetrics {
+                        stats: Arc::new(RuleStats::new(metrics, d, "_override", None)),
+                        detailed: None,
+                    });
+                (d.to_string(), m)
             })
             .collect();
-        let unknown_overrides = previous.map_or_else(
-            || Arc::new(RuleStats::new(metrics, "_unknown", "_override", None)),
-            |p| p.unknown_overrides.clone(),
-        );
         Active {
             config,
-            stats,
+            rules,
             overrides,
-            unknown_overrides,
         }
     }
 
     pub fn rule_stats(&self) -> impl Iterator<Item = &Arc<RuleStats>> {
-        self.stats.values()
+        self.rules.iter().map(|m| &m.stats)
     }
+}
+
+/// How decisions map to answers beyond the config: the reference's global switches, and what
+/// the response carries.
+#[derive(Debug, Clone, Default)]
+pub struct DecisionOptions {
+    /// Global shadow mode (`SHADOW_MODE`): an over-limit answer becomes OK, and is counted.
+    pub shadow_mode: bool,
+    /// Global quota mode: every limited descriptor is in quota mode.
+    pub quota_mode: bool,
+    /// `MERGE_DOMAIN_CONFIG`, for configs loaded after start.
+    pub build: BuildOptions,
+    pub response: ResponseOptions,
 }
 
 /// The metrics label of a rule: its name, or its descriptor path as the reference service's
@@ -150,26 +196,7 @@ pub struct Limiter {
     metrics: Arc<Metrics>,
     bounds: RequestBounds,
     near_ratio: f64,
-}
-
-/// What one descriptor resolved to, before the store decides.
-enum Plan<'a> {
-    /// No rule, a whitelisted value, a replaced rule, or an unknown domain.
-    NoLimit,
-    Unlimited,
-    /// `requests_per_unit: 0`: every request is over the limit.
-    Blocked {
-        current: RateLimit,
-        stats: &'a Arc<RuleStats>,
-        hits: u64,
-    },
-    Bucket {
-        charge: usize,
-        current: RateLimit,
-        stats: &'a Arc<RuleStats>,
-        detailed: Option<Label>,
-        shadow: bool,
-    },
+    options: DecisionOptions,
 }
 
 impl Limiter {
@@ -190,7 +217,26 @@ impl Limiter {
             metrics,
             bounds,
             near_ratio,
+            options: DecisionOptions::default(),
         }
+    }
+
+    /// The reference's global switches and response options (defaults: all off).
+    pub fn with_options(mut self, options: DecisionOptions) -> Limiter {
+        self.options = options;
+        self
+    }
+
+    pub fn options(&self) -> &DecisionOptions {
+        &self.options
+    }
+
+    /// Build a config from files with this limiter's build options (`MERGE_DOMAIN_CONFIG`).
+    pub fn build_config(
+        &self,
+        files: &[(String, String)],
+    ) -> Result<RateLimitConfig, ConfigErrors> {
+        RateLimitConfig::from_files_with(files, self.options.build)
     }
 
     /// Serve a new config from the next request on. Rules that did not change keep their
@@ -240,9 +286,6 @@ impl Limiter {
             });
         }
         for (index, d) in req.descriptors.iter().enumerate() {
-            if d.entries.is_empty() {
-                return Err(RequestError::EmptyDescriptor { index });
-            }
             if d.entries.len() > b.max_entries {
                 return Err(RequestError::TooManyEntries {
                     index,
@@ -268,7 +311,7 @@ impl Limiter {
         Ok(())
     }
 
-    /// Decide a request.
+    /// Decide a request: resolve, decide, account, respond.
     pub fn should_rate_limit(
         &self,
         req: &RateLimitRequest,
@@ -276,342 +319,25 @@ impl Limiter {
         self.validate(req)?;
         let active = self.active.load();
         let now = self.clock.now();
-        let request_hits = (req.hits_addend as u64).max(1);
-
-        let mut matched: SmallVec<[Option<&Rule>; 4]> = SmallVec::new();
-        let mut unknown_domain = false;
-        for d in &req.descriptors {
-            if d.limit.is_some() {
-                matched.push(None);
-                continue;
-            }
-            let entries = d.entries.iter().map(|e| (e.key.as_str(), e.value.as_str()));
-            matched.push(match active.config.lookup(&req.domain, entries) {
-                Match::Rule(r) => Some(r),
-                Match::NoRule => None,
-                Match::UnknownDomain => {
-                    unknown_domain = true;
-                    None
-                }
-            });
-        }
-        if unknown_domain {
-            self.metrics.unknown_domain.increment(1);
-        }
-        // `replaces`: a matched rule named in another matched rule's replaces is dropped.
-        let replaced: HashSet<&str> = matched
-            .iter()
-            .flatten()
-            .flat_map(|r| r.replaces.iter().map(String::as_str))
-            .collect();
-
-        let mut plans: SmallVec<[Plan<'_>; 4]> = SmallVec::new();
-        let mut charges: SmallVec<[Charge; 4]> = SmallVec::new();
-        for (index, (d, rule)) in req.descriptors.iter().zip(&matched).enumerate() {
-            let hits = d.hits_addend.as_ref().map_or(request_hits, |h| h.value);
-            let plan = if let Some(o) = &d.limit {
-                let unit = Unit::from_proto(o.unit).ok_or(RequestError::UnknownUnit {
-                    index,
-                    unit: o.unit,
-                })?;
-                let stats = active
-                    .overrides
-                    .get(&req.domain)
-                    .unwrap_or(&active.unknown_overrides);
-                let current = RateLimit {
-                    name: String::new(),
-                    requests_per_unit: o.requests_per_unit,
-                    unit: unit.to_proto(),
-                };
-                let limit = Limit::new(o.requests_per_unit, o.requests_per_unit, unit);
-                let key = || {
-                    let mut k = KeyBuilder::new(&req.domain);
-                    k.str("\0override")
-                        .u64(o.requests_per_unit as u64)
-                        .u64(unit.nanos());
-                    push_entries(&mut k, d);
-                    k.finish()
-                };
-                let rule = crate::store::budget::OVERRIDES;
-                bucket_plan(
-                    &mut charges,
-                    current,
-                    limit,
-                    key,
-                    hits,
-                    stats,
-                    None,
-                    false,
-                    rule,
-                )
-            } else {
-                match rule {
-                    None => Plan::NoLimit,
-                    Some(r) if r.name.as_deref().is_some_and(|n| replaced.contains(n)) => {
-                        Plan::NoLimit
-                    }
-                    Some(r) => match (r.limit, active.stats.get(&r.id)) {
-                        (RuleLimit::Unlimited, _) => Plan::Unlimited,
-                        // Built from the same config, every rule has stats; stay safe anyway.
-                        (_, None) => Plan::NoLimit,
-                        (
-                            RuleLimit::Limited {
-                                requests_per_unit,
-                                unit,
-                                ..
-                            },
-                            Some(stats),
-                        ) => {
-                            let current = RateLimit {
-                                name: r.name.clone().unwrap_or_default(),
-                                requests_per_unit,
-                                unit: unit.to_proto(),
-                            };
-                            let key = || {
-                                let mut k = KeyBuilder::new(&req.domain);
-                                k.u64(r.id);
-                                if !r.share_threshold {
-                                    push_entries(&mut k, d);
-                                }
-                                k.finish()
-                            };
-                            let detailed = r.detailed_metric.then(|| detailed_label(d));
-                            bucket_plan(
-                                &mut charges,
-                                current,
-                                rule_bucket(r),
-                                key,
-                                hits,
-                                stats,
-                                detailed,
-                                r.shadow_mode,
-                                r.id,
-                            )
-                        }
-                    },
-                }
-            };
-            plans.push(plan);
-        }
-
-        // A blocked rule (requests_per_unit: 0) rejects the request: no bucket is charged, the
-        // others are only read.
-        let asked: SmallVec<[u64; 4]> = charges.iter().map(|c| c.hits).collect();
-        if plans.iter().any(|p| matches!(p, Plan::Blocked { .. })) {
-            for c in charges.iter_mut() {
-                c.hits = 0;
-            }
-        }
-        let verdicts = self.store.decide(&charges, now);
-
-        let mut overall = Code::Ok;
-        let mut statuses = Vec::with_capacity(plans.len());
-        for plan in plans {
-            let status = match plan {
-                Plan::NoLimit => DescriptorStatus {
-                    code: Code::Ok as i32,
-                    ..Default::default()
-                },
-                Plan::Unlimited => DescriptorStatus {
-                    code: Code::Ok as i32,
-                    limit_remaining: u32::MAX,
-                    ..Default::default()
-                },
-                Plan::Blocked {
-                    current,
-                    stats,
-                    hits,
-                } => {
-                    stats.record(now, hits, true, false, false);
-                    overall = Code::OverLimit;
-                    let unit_ns = Unit::from_proto(current.unit).map_or(0, Unit::nanos);
-                    DescriptorStatus {
-                        code: Code::OverLimit as i32,
-                        current_limit: Some(current),
-                        limit_remaining: 0,
-                        duration_until_reset: Some(duration(unit_ns)),
-                        ..Default::default()
-                    }
-                }
-                Plan::Bucket {
-                    charge,
-                    current,
-                    stats,
-                    detailed,
-                    shadow,
-                } => {
-                    let c = &charges[charge];
-                    let v = verdicts[charge];
-                    let over = !v.within;
-                    let hits = asked[charge];
-                    if hits > 0 {
-                        let used = c.limit.capacity() as u64
-                            - v.outcome.remaining.min(c.limit.capacity() as u64);
-                        let near =
-                            !over && used as f64 >= self.near_ratio * c.limit.capacity() as f64;
-                        stats.record(now, hits, over, near, shadow);
-                        if let Some(label) = detailed {
-                            self.record_detailed(&req.domain, label, hits, over, near, shadow);
-                        }
-                        if v.charged && v.placement == Placement::Own {
-                            stats.observe_bucket(now, v.outcome.full_at_ns, v.outcome.remaining);
-                        }
-                    }
-                    if v.placement != Placement::Own {
-                        match v.placement {
-                            Placement::Shared => self.metrics.keys_shared.increment(1),
-                            _ => self.metrics.keys_denied.increment(1),
-                        }
-                        stats.over_budget(v.placement == Placement::Shared);
-                    }
-                    let code = if over && !shadow {
-                        overall = Code::OverLimit;
-                        Code::OverLimit
-                    } else {
-                        Code::Ok
-                    };
-                    DescriptorStatus {
-                        code: code as i32,
-                        current_limit: Some(current),
-                        limit_remaining: v.outcome.remaining.min(u32::MAX as u64) as u32,
-                        duration_until_reset: Some(duration(v.outcome.reset_ns)),
-                        ..Default::default()
-                    }
-                }
-            };
-            statuses.push(status);
-        }
-        Ok(RateLimitResponse {
-            overall_code: overall as i32,
-            statuses,
-            ..Default::default()
-        })
-    }
-
-    /// Counters for rules with `detailed_metric`: labelled with the request's own values, as
-    /// the rule's author asked (cardinality is then theirs to bound).
-    fn record_detailed(
-        &self,
-        domain: &str,
-        limit: Label,
-        hits: u64,
-        over: bool,
-        near: bool,
-        shadow: bool,
-    ) {
-        let labels = || vec![Label::new("domain", domain.to_string()), limit.clone()];
-        self.metrics
-            .counter("tollgate_hits_total", labels())
-            .increment(hits);
-        if over {
-            self.metrics
-                .counter("tollgate_over_limit_total", labels())
-                .increment(hits);
-            if shadow {
-                self.metrics
-                    .counter("tollgate_shadow_mode_total", labels())
-                    .increment(hits);
-            }
-        } else {
-            self.metrics
-                .counter("tollgate_within_limit_total", labels())
-                .increment(hits);
-            if near {
-                self.metrics
-                    .counter("tollgate_near_limit_total", labels())
-                    .increment(hits);
-            }
-        }
+        let resolved = resolve::resolve(&active, req, self.options.quota_mode)?;
+        let decision = decide::decide(&self.store, resolved, now, self.options.shadow_mode);
+        account::account(&self.metrics, &decision, now, self.near_ratio);
+        Ok(respond::response(req, &decision, &self.options.response))
     }
 
     /// Bring every gauge up to date; called at scrape time.
     pub fn refresh_gauges(&self) {
         let now = self.clock.now();
         let active = self.active.load();
-        for (id, s) in &active.stats {
-            s.refresh(now);
-            s.set_live_keys(self.store.budgets().live_of(*id));
+        for (r, m) in active.config.rules().zip(&active.rules) {
+            m.stats.set_live_keys(self.store.budgets().live_of(r.id));
         }
-        for s in active.overrides.values() {
-            s.refresh(now);
-        }
-        active.unknown_overrides.refresh(now);
-        self.metrics.live_keys.set(self.store.live_keys() as f64);
-    }
-}
-
-/// Each rule with a bucket, and limit overrides, get a share of the key budget.
-fn set_budgets(store: &Store, config: &RateLimitConfig) {
-    let rules = config
-        .rules()
-        .filter(|r| rule_bucket(r).is_some())
-        .map(|r| r.id);
-    store
-        .budgets()
-        .set_rules(rules.chain([crate::store::budget::OVERRIDES]));
-}
-
-/// A descriptor with a limit: a bucket to charge, or a block when the limit admits nothing.
-#[allow(clippy::too_many_arguments)]
-fn bucket_plan<'a>(
-    charges: &mut SmallVec<[Charge; 4]>,
-    current: RateLimit,
-    limit: Option<Limit>,
-    key: impl FnOnce() -> crate::store::KeyId,
-    hits: u64,
-    stats: &'a Arc<RuleStats>,
-    detailed: Option<Label>,
-    shadow: bool,
-    rule: u64,
-) -> Plan<'a> {
-    let Some(limit) = limit else {
-        return Plan::Blocked {
-            current,
-            stats,
-            hits,
-        };
-    };
-    charges.push(Charge {
-        key: key(),
-        limit,
-        hits,
-        enforce: !shadow,
-        rule,
-    });
-    Plan::Bucket {
-        charge: charges.len() - 1,
-        current,
-        stats,
-        detailed,
-        shadow,
-    }
-}
-
-fn push_entries(k: &mut KeyBuilder, d: &RateLimitDescriptor) {
-    for e in &d.entries {
-        k.str(&e.key).str(&e.value);
-    }
-}
-
-fn detailed_label(d: &RateLimitDescriptor) -> Label {
-    let path = d
-        .entries
-        .iter()
-        .map(|e| {
-            if e.value.is_empty() {
-                e.key.clone()
-            } else {
-                format!("{}_{}", e.key, e.value)
+        for m in active.rules.iter().chain(active.overrides.values()) {
+            m.stats.refresh(now);
+            if let Some(d) = &m.detailed {
+                d.publish(&self.metrics);
             }
-        })
-        .collect::<Vec<_>>()
-        .join(".");
-    Label::new("limit", path)
-}
-
-fn duration(ns: u64) -> PbDuration {
-    PbDuration {
-        seconds: (ns / 1_000_000_000) as i64,
-        nanos: (ns % 1_000_000_000) as i32,
+        }
+        self.metrics.live_keys.set(self.store.live_keys() as f64);
     }
 }

@@ -19,14 +19,20 @@ type OtelHandle = reload::Handle<Option<OtelLayer>, Registry>;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::CheckConfig { path }) => check_config(&path),
+        Some(Command::CheckConfig {
+            path,
+            merge_domain_config,
+        }) => check_config(&path, merge_domain_config),
         Some(Command::Serve(args)) => serve(*args),
         None => serve(cli.serve),
     }
 }
 
-fn check_config(path: &std::path::Path) -> ExitCode {
-    match config::read_path(path).and_then(|files| config::RateLimitConfig::from_files(&files)) {
+fn check_config(path: &std::path::Path, merge_domains: bool) -> ExitCode {
+    let options = config::BuildOptions { merge_domains };
+    match config::read_path(path)
+        .and_then(|files| config::RateLimitConfig::from_files_with(&files, options))
+    {
         Ok(c) => {
             println!(
                 "{}: valid ({} domains, {} rules)",

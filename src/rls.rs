@@ -1,5 +1,8 @@
 //! The Envoy adapter: `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit` over the
-//! [`Limiter`]. Everything it does beyond the limiter is measurement and error mapping.
+//! [`Limiter`]. Everything it does beyond the limiter is measurement and error mapping; the
+//! mapping of a decision to Envoy's response is in `respond`.
+
+pub mod respond;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,6 +20,10 @@ pub use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_serve
 
 /// gRPC service name, as health checks ask for it.
 pub const SERVICE_NAME: &str = "envoy.service.ratelimit.v3.RateLimitService";
+
+/// The name the reference registers with the gRPC health service; probes written for it ask
+/// for this one.
+pub const REFERENCE_HEALTH_NAME: &str = "ratelimit";
 
 pub struct RlsService {
     limiter: Arc<Limiter>,

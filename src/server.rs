@@ -16,13 +16,14 @@ use crate::bucket::ReplicaId;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{self, RateLimitConfig};
 use crate::http::{self, HttpState};
-use crate::limiter::{Limiter, RequestBounds};
+use crate::limiter::{DecisionOptions, Limiter, RequestBounds};
 use crate::listener::{self, Limits, Listener};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::reload::Reloader;
 use crate::replication::tls::{PeerTls, PeerTlsFiles};
 use crate::replication::{Replica, ReplicaTable, ReplicationSettings, Replicator};
+use crate::rls::respond::{HeaderNames, ResponseOptions};
 use crate::rls::{self, RateLimitServiceServer, RlsService};
 use crate::settings::Settings;
 use crate::store::{Store, StoreConfig};
@@ -85,6 +86,7 @@ fn load_policy(s: &Settings) -> config::LoadPolicy {
     config::LoadPolicy {
         allow_empty: s.allow_empty_config,
         max_bytes: s.max_config_bytes,
+        build: build_options(s),
     }
 }
 
@@ -136,18 +138,21 @@ pub async fn start_with_clock(
         },
         ReplicaId(0),
     ));
-    let limiter = Arc::new(Limiter::new(
-        cfg,
-        store.clone(),
-        clock.clone(),
-        metrics.clone(),
-        RequestBounds {
-            max_descriptors: settings.max_descriptors,
-            max_entries: settings.max_entries,
-            max_bytes: settings.max_bytes,
-        },
-        settings.near_limit_ratio,
-    ));
+    let limiter = Arc::new(
+        Limiter::new(
+            cfg,
+            store.clone(),
+            clock.clone(),
+            metrics.clone(),
+            RequestBounds {
+                max_descriptors: settings.max_descriptors,
+                max_entries: settings.max_entries,
+                max_bytes: settings.max_bytes,
+            },
+            settings.near_limit_ratio,
+        )
+        .with_options(decision_options(&settings)),
+    );
     // A replicated node is not ready until it holds its peers' state: answering from an empty
     // view would create fresh buckets that override what the cluster consumed.
     let readiness = Arc::new(Readiness::new(!replication.enabled()));
@@ -200,6 +205,9 @@ pub async fn start_with_clock(
     health.set_service_status("", ServingStatus::Serving).await;
     health
         .set_service_status(rls::SERVICE_NAME, ServingStatus::Serving)
+        .await;
+    health
+        .set_service_status(rls::REFERENCE_HEALTH_NAME, ServingStatus::Serving)
         .await;
 
     let limits = connection_limits(&settings);
@@ -272,6 +280,9 @@ pub async fn start_with_clock(
             health
                 .set_service_status(rls::SERVICE_NAME, ServingStatus::NotServing)
                 .await;
+            health
+                .set_service_status(rls::REFERENCE_HEALTH_NAME, ServingStatus::NotServing)
+                .await;
             grpc_stop.cancel();
             http_stop.cancel();
             background.cancel();
@@ -324,6 +335,31 @@ fn connection_limits(s: &Settings) -> Limits {
         max_connections: s.max_connections,
         idle_timeout: s.idle_timeout,
         header_read_timeout: s.header_read_timeout,
+    }
+}
+
+/// How configs are built: the reference's `MERGE_DOMAIN_CONFIG`.
+pub fn build_options(s: &Settings) -> config::BuildOptions {
+    config::BuildOptions {
+        merge_domains: s.merge_domain_config,
+    }
+}
+
+/// The reference's global switches and what responses carry.
+fn decision_options(s: &Settings) -> DecisionOptions {
+    DecisionOptions {
+        shadow_mode: s.shadow_mode,
+        quota_mode: s.quota_mode,
+        build: build_options(s),
+        response: ResponseOptions {
+            headers: s.response_headers.then(|| HeaderNames {
+                limit: s.limit_header.clone(),
+                remaining: s.remaining_header.clone(),
+                reset: s.reset_header.clone(),
+            }),
+            retry_after: s.retry_after,
+            dynamic_metadata: s.response_dynamic_metadata,
+        },
     }
 }
 

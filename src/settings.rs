@@ -34,6 +34,9 @@ pub enum Command {
     CheckConfig {
         /// A YAML file or a directory of them.
         path: PathBuf,
+        /// Merge files that name the same domain (as `serve --merge-domain-config`)
+        #[arg(long, env = "TOLLGATE_MERGE_DOMAIN_CONFIG")]
+        merge_domain_config: bool,
     },
 }
 
@@ -175,6 +178,9 @@ pub struct ServeArgs {
     pub serving_tls: crate::tls::settings::ServingTlsArgs,
     #[command(flatten)]
     pub telemetry: crate::telemetry::settings::TelemetryArgs,
+    /// envoyproxy/ratelimit's switches (see `reference_settings`).
+    #[command(flatten)]
+    pub reference: crate::reference_settings::ReferenceArgs,
 }
 
 /// The resolved settings of `tollgate serve`.
@@ -240,6 +246,16 @@ pub struct Settings {
     pub http_tls_client_ca: Option<PathBuf>,
     pub otlp_endpoint: Option<String>,
     pub otlp_sampling_ratio: f64,
+    // envoyproxy/ratelimit's switches (`reference_settings`).
+    pub shadow_mode: bool,
+    pub quota_mode: bool,
+    pub response_headers: bool,
+    pub limit_header: String,
+    pub remaining_header: String,
+    pub reset_header: String,
+    pub retry_after: bool,
+    pub response_dynamic_metadata: bool,
+    pub merge_domain_config: bool,
 }
 
 impl Default for Settings {
@@ -291,6 +307,15 @@ impl Default for Settings {
             http_tls_client_ca: None,
             otlp_endpoint: None,
             otlp_sampling_ratio: 1.0,
+            shadow_mode: false,
+            quota_mode: false,
+            response_headers: false,
+            limit_header: "RateLimit-Limit".into(),
+            remaining_header: "RateLimit-Remaining".into(),
+            reset_header: "RateLimit-Reset".into(),
+            retry_after: false,
+            response_dynamic_metadata: false,
+            merge_domain_config: false,
         }
     }
 }
@@ -339,9 +364,24 @@ pub enum SettingsError {
 impl ServeArgs {
     /// Resolve flags and environment over the settings file over the defaults.
     pub fn resolve(&self) -> Result<Settings, SettingsError> {
+        self.resolve_with_env(|k| std::env::var(k).ok())
+    }
+
+    /// [`resolve`](Self::resolve), reading the reference's variable names with `env`.
+    pub fn resolve_with_env(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Settings, SettingsError> {
         let mut b = config::Config::builder();
         if let Some(path) = &self.settings {
             b = b.add_source(config::File::from(path.as_path()).required(true));
+        }
+        // The reference's names first: every flag and TOLLGATE_* variable set below wins.
+        for (key, value) in crate::reference_settings::aliases(env)? {
+            b = b.set_override(key, value)?;
+        }
+        for (key, value) in self.reference.overrides() {
+            b = b.set_override_option(key, value)?;
         }
         let overrides: [(&str, Option<String>); 37] = [
             (
@@ -565,7 +605,7 @@ mod tests {
 
     #[test]
     fn defaults_without_flags_or_file() {
-        let s = args(&[]).resolve().expect("valid");
+        let s = args(&[]).resolve_with_env(|_| None).expect("valid");
         assert_eq!(s.grpc_addr.to_string(), "0.0.0.0:8081");
         assert_eq!(s.http_addr.to_string(), "0.0.0.0:8080");
         assert_eq!(s.gc_horizon, Duration::from_secs(60));
@@ -584,7 +624,7 @@ mod tests {
         .expect("write");
         let path = f.path().display().to_string();
         let s = args(&["--settings", &path, "--grpc-addr", "127.0.0.1:7001"])
-            .resolve()
+            .resolve_with_env(|_| None)
             .expect("valid");
         assert_eq!(s.grpc_addr.to_string(), "127.0.0.1:7001", "flag wins");
         assert_eq!(
@@ -604,7 +644,7 @@ mod tests {
         writeln!(f, "grpc_adr = \"127.0.0.1:9001\"").expect("write");
         let path = f.path().display().to_string();
         let err = args(&["--settings", &path])
-            .resolve()
+            .resolve_with_env(|_| None)
             .unwrap_err()
             .to_string();
         assert!(err.contains("grpc_adr"), "{err}");
@@ -613,7 +653,7 @@ mod tests {
     #[test]
     fn a_bad_duration_says_which_and_why() {
         let err = args(&["--gc-horizon", "soon"])
-            .resolve()
+            .resolve_with_env(|_| None)
             .unwrap_err()
             .to_string();
         assert!(err.contains("\"soon\""), "{err}");
@@ -628,7 +668,7 @@ mod tests {
     #[test]
     fn near_limit_ratio_must_be_a_ratio() {
         let err = args(&["--near-limit-ratio", "1.5"])
-            .resolve()
+            .resolve_with_env(|_| None)
             .unwrap_err()
             .to_string();
         assert!(err.contains("near_limit_ratio"), "{err}");
@@ -637,7 +677,7 @@ mod tests {
     #[test]
     fn peers_are_a_comma_separated_list() {
         let s = args(&["--peers", "a:8082, b:8082,,c:8082"])
-            .resolve()
+            .resolve_with_env(|_| None)
             .expect("valid");
         assert_eq!(s.peers, vec!["a:8082", "b:8082", "c:8082"]);
     }
@@ -645,7 +685,7 @@ mod tests {
     #[test]
     fn an_advertised_address_needs_a_port_unless_it_is_none() {
         let err = args(&["--peer-advertise-addr", "10.0.0.1"])
-            .resolve()
+            .resolve_with_env(|_| None)
             .unwrap_err()
             .to_string();
         assert!(
@@ -653,7 +693,7 @@ mod tests {
             "{err}"
         );
         let s = args(&["--peer-advertise-addr", "none"])
-            .resolve()
+            .resolve_with_env(|_| None)
             .expect("valid");
         assert_eq!(s.peer_advertise_addr.as_deref(), Some("none"));
     }
@@ -661,7 +701,7 @@ mod tests {
     #[test]
     fn a_peer_timeout_shorter_than_two_sync_intervals_is_refused() {
         let err = args(&["--sync-interval", "50ms", "--peer-timeout", "80ms"])
-            .resolve()
+            .resolve_with_env(|_| None)
             .unwrap_err()
             .to_string();
         assert!(
@@ -669,17 +709,22 @@ mod tests {
             "{err}"
         );
         let s = args(&["--sync-interval", "50ms", "--peer-timeout", "100ms"])
-            .resolve()
+            .resolve_with_env(|_| None)
             .expect("valid");
         assert_eq!(s.peer_timeout, Duration::from_millis(100));
     }
 
     #[test]
     fn the_burst_guard_is_on_by_default_and_can_be_turned_off() {
-        assert!(args(&[]).resolve().expect("valid").burst_guard);
+        assert!(
+            args(&[])
+                .resolve_with_env(|_| None)
+                .expect("valid")
+                .burst_guard
+        );
         assert!(
             !args(&["--burst-guard", "false"])
-                .resolve()
+                .resolve_with_env(|_| None)
                 .expect("valid")
                 .burst_guard
         );
@@ -689,12 +734,12 @@ mod tests {
     #[test]
     fn a_peer_without_a_port_is_refused() {
         let err = args(&["--peers", "a:8082,b"])
-            .resolve()
+            .resolve_with_env(|_| None)
             .unwrap_err()
             .to_string();
         assert!(err.contains("'b'"), "{err}");
         let err = args(&["--peer-dns", "tollgate-peers"])
-            .resolve()
+            .resolve_with_env(|_| None)
             .unwrap_err()
             .to_string();
         assert!(err.contains("NAME:PORT"), "{err}");
@@ -703,12 +748,12 @@ mod tests {
     #[test]
     fn peer_tls_without_one_of_its_three_files_names_the_missing_one() {
         let err = args(&["--peer-tls-cert", "c.pem", "--peer-tls-ca", "ca.pem"])
-            .resolve()
+            .resolve_with_env(|_| None)
             .unwrap_err()
             .to_string();
         assert!(err.contains("--peer-tls-key missing"), "{err}");
         let err = args(&["--peer-tls-key", "k.pem"])
-            .resolve()
+            .resolve_with_env(|_| None)
             .unwrap_err()
             .to_string();
         assert!(
@@ -720,7 +765,7 @@ mod tests {
     #[test]
     fn peer_tls_server_name_alone_is_refused() {
         let err = args(&["--peer-tls-server-name", "peers.local"])
-            .resolve()
+            .resolve_with_env(|_| None)
             .unwrap_err()
             .to_string();
         assert!(err.contains("--peer-tls-server-name needs"), "{err}");
@@ -739,12 +784,32 @@ mod tests {
         .expect("write");
         let path = f.path().display().to_string();
         let s = args(&["--settings", &path, "--peer-tls-server-name", "peers.local"])
-            .resolve()
+            .resolve_with_env(|_| None)
             .expect("valid");
         assert_eq!(s.peer_tls_cert, Some(PathBuf::from("c.pem")));
         assert_eq!(s.peer_tls_key, Some(PathBuf::from("k.pem")));
         assert_eq!(s.peer_tls_ca, Some(PathBuf::from("ca.pem")));
         assert_eq!(s.peer_tls_server_name.as_deref(), Some("peers.local"));
+    }
+
+    #[test]
+    fn the_reference_variables_are_aliases_that_tollgate_flags_override() {
+        let env = |k: &str| match k {
+            "GRPC_PORT" => Some("9081".to_string()),
+            "SHADOW_MODE" => Some("true".to_string()),
+            "LIMIT_RESPONSE_HEADERS_ENABLED" => Some("1".to_string()),
+            "RUNTIME_ROOT" => Some("/srv/runtime".to_string()),
+            _ => None,
+        };
+        let s = args(&[]).resolve_with_env(env).expect("valid");
+        assert_eq!(s.grpc_addr.to_string(), "0.0.0.0:9081");
+        assert!(s.shadow_mode && s.response_headers);
+        assert_eq!(s.config, Some(PathBuf::from("/srv/runtime/config")));
+        let s = args(&["--grpc-addr", "127.0.0.1:7001", "--shadow-mode", "false"])
+            .resolve_with_env(env)
+            .expect("valid");
+        assert_eq!(s.grpc_addr.to_string(), "127.0.0.1:7001", "flag wins");
+        assert!(!s.shadow_mode, "flag wins");
     }
 
     #[test]

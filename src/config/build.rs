@@ -8,25 +8,28 @@ use super::error::{ConfigError, ConfigErrors};
 use super::fingerprint::{fingerprint, rule_id};
 use super::matcher::{Level, Node};
 use super::model::{self, YamlDescriptor, YamlRateLimit, YamlRoot};
-use super::{RateLimitConfig, Rule, RuleLimit};
+use super::{BuildOptions, MetricLevel, MetricPath, RateLimitConfig, Rule, RuleLimit};
 use crate::unit::Unit;
 use std::collections::{HashMap, HashSet};
 
-pub(crate) fn build(files: &[(String, String)]) -> Result<RateLimitConfig, ConfigErrors> {
+pub(crate) fn build(
+    files: &[(String, String)],
+    options: BuildOptions,
+) -> Result<RateLimitConfig, ConfigErrors> {
     let mut errors = Vec::new();
 
     let mut roots: Vec<(&str, YamlRoot)> = Vec::new();
     for (file, contents) in files {
-        match model::parse(contents) {
-            Ok(parsed) => roots.extend(parsed.into_iter().map(|root| (file.as_str(), root))),
-            Err(err) => errors.push(ConfigError::from_yaml(file, &err)),
-        }
+        let (parsed, problems) = model::parse(file, contents);
+        roots.extend(parsed.into_iter().map(|root| (file.as_str(), root)));
+        errors.extend(problems);
     }
 
     // Domains are unique across files; the first file to claim one keeps it. The others are
-    // still checked below so that all their problems show up in the same report.
+    // still checked below so that all their problems show up in the same report. With
+    // `merge_domains`, a later file's descriptors join the first one's domain instead.
     let mut owner: HashMap<String, &str> = HashMap::new();
-    let mut kept: Vec<(String, &str, &YamlRoot)> = Vec::new();
+    let mut kept: Vec<(String, Vec<(&str, &YamlRoot)>)> = Vec::new();
     let mut refused: Vec<(String, &str, &YamlRoot)> = Vec::new();
     for (file, root) in &roots {
         let domain = root.domain.clone().unwrap_or_default();
@@ -37,6 +40,12 @@ pub(crate) fn build(files: &[(String, String)]) -> Result<RateLimitConfig, Confi
             ));
             refused.push((domain, file, root));
         } else if let Some(first) = owner.get(&domain) {
+            if options.merge_domains {
+                if let Some((_, parts)) = kept.iter_mut().find(|(d, _)| *d == domain) {
+                    parts.push((file, root));
+                }
+                continue;
+            }
             errors.push(ConfigError::new(
                 file,
                 format!("duplicate domain '{domain}' in config file (already defined in {first})"),
@@ -44,7 +53,7 @@ pub(crate) fn build(files: &[(String, String)]) -> Result<RateLimitConfig, Confi
             refused.push((domain, file, root));
         } else {
             owner.insert(domain.clone(), file);
-            kept.push((domain, file, root));
+            kept.push((domain, vec![(file, root)]));
         }
     }
 
@@ -53,14 +62,20 @@ pub(crate) fn build(files: &[(String, String)]) -> Result<RateLimitConfig, Confi
     kept.sort_by(|a, b| a.0.cmp(&b.0));
     let mut rules = Vec::new();
     let mut domains = HashMap::new();
-    for (domain, file, root) in &kept {
-        let mut builder = Builder {
-            file,
-            domain,
-            rules: &mut rules,
-            errors: &mut errors,
-        };
-        let level = builder.level("", root.descriptors.as_deref().unwrap_or_default());
+    for (domain, parts) in &kept {
+        let mut level = Level::default();
+        let mut seen = HashSet::new();
+        for (file, root) in parts {
+            let mut builder = Builder {
+                file,
+                domain,
+                rules: &mut rules,
+                errors: &mut errors,
+                path: Vec::new(),
+            };
+            let descriptors = root.descriptors.as_deref().unwrap_or_default();
+            builder.fill(&mut level, &mut seen, "", descriptors);
+        }
         domains.insert(domain.as_str().into(), level);
     }
     let mut discarded = Vec::new();
@@ -70,6 +85,7 @@ pub(crate) fn build(files: &[(String, String)]) -> Result<RateLimitConfig, Confi
             domain,
             rules: &mut discarded,
             errors: &mut errors,
+            path: Vec::new(),
         };
         builder.level("", root.descriptors.as_deref().unwrap_or_default());
     }
@@ -78,7 +94,7 @@ pub(crate) fn build(files: &[(String, String)]) -> Result<RateLimitConfig, Confi
         return Err(ConfigErrors(errors));
     }
     let mut config = RateLimitConfig {
-        domain_names: kept.iter().map(|(d, _, _)| d.as_str().into()).collect(),
+        domain_names: kept.iter().map(|(d, _)| d.as_str().into()).collect(),
         domains,
         rules,
         fingerprint: 0,
@@ -93,6 +109,8 @@ struct Builder<'a> {
     domain: &'a str,
     rules: &'a mut Vec<Rule>,
     errors: &'a mut Vec<ConfigError>,
+    /// The configured descriptors from the domain down to the one being built.
+    path: Vec<MetricLevel>,
 }
 
 impl Builder<'_> {
@@ -113,6 +131,19 @@ impl Builder<'_> {
     fn level(&mut self, parent: &str, descriptors: &[YamlDescriptor]) -> Level {
         let mut level = Level::default();
         let mut seen = HashSet::new();
+        self.fill(&mut level, &mut seen, parent, descriptors);
+        level
+    }
+
+    /// Adds `descriptors` to `level`; `seen` holds the composite keys already in it (a merged
+    /// domain fills its top level from several files).
+    fn fill(
+        &mut self,
+        level: &mut Level,
+        seen: &mut HashSet<String>,
+        parent: &str,
+        descriptors: &[YamlDescriptor],
+    ) {
         for (position, d) in descriptors.iter().enumerate() {
             let key = d.key.as_deref().unwrap_or_default();
             // An empty value means "no value", as in the reference.
@@ -156,6 +187,12 @@ impl Builder<'_> {
                 self.error(msg);
             }
 
+            self.path.push(MetricLevel {
+                key: key.into(),
+                value: value.map(Box::from),
+                value_to_metric: d.value_to_metric,
+                shared: d.share_threshold,
+            });
             let rule = d
                 .rate_limit
                 .as_ref()
@@ -170,11 +207,40 @@ impl Builder<'_> {
                 rule,
                 children: self.level(&stats_key, children),
             };
+            self.path.pop();
             if !duplicate {
                 level.push(node);
             }
         }
-        level
+    }
+
+    /// The per-request label recipe of a rule at the current path, `None` when its label is
+    /// simply its stats key.
+    fn metric_path(&self, detailed: bool) -> Option<MetricPath> {
+        let dynamic = detailed || self.path.iter().any(|l| l.value_to_metric);
+        dynamic.then(|| MetricPath {
+            detailed,
+            levels: self.path.clone(),
+        })
+    }
+
+    /// `metadata` as JSON (what the response's dynamic metadata carries); keys must be strings.
+    fn metadata(
+        &mut self,
+        d: &YamlDescriptor,
+        at: &str,
+    ) -> Option<std::sync::Arc<serde_json::Value>> {
+        let yaml = d.metadata.as_ref()?;
+        match serde_json::to_value(yaml) {
+            Ok(serde_json::Value::Null) => None,
+            Ok(json) => Some(std::sync::Arc::new(json)),
+            Err(err) => {
+                self.error(format!(
+                    "metadata cannot be represented as JSON ({err}) {at}"
+                ));
+                None
+            }
+        }
     }
 
     /// The rule of one descriptor, or `None` (with errors recorded) when its rate_limit is bad.
@@ -224,6 +290,7 @@ impl Builder<'_> {
             }
         }
 
+        let metadata = self.metadata(d, &at);
         if self.errors.len() > errors_before {
             return None;
         }
@@ -236,6 +303,9 @@ impl Builder<'_> {
             detailed_metric: d.detailed_metric,
             value_to_metric: d.value_to_metric,
             share_threshold: d.share_threshold,
+            quota_mode: d.quota_mode,
+            metadata,
+            metric_path: self.metric_path(d.detailed_metric),
             replaces,
             id: rule_id(self.domain, stats_key, name, &limit),
         })

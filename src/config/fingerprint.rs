@@ -75,7 +75,7 @@ pub(crate) fn rule_id(domain: &str, stats_key: &str, name: Option<&str>, limit: 
 
 /// Everything that changes behaviour, in a canonical order: domains sorted by name,
 /// descriptors in config order (which matters, since the first matching wildcard wins).
-/// File names and ignored `metadata` are not part of it.
+/// File names are not part of it.
 pub(crate) fn fingerprint(config: &RateLimitConfig) -> u64 {
     let mut h = StableHasher::new();
     h.u64(config.domain_names.len() as u64);
@@ -106,6 +106,14 @@ fn level_into(h: &mut StableHasher, level: &Level, rules: &[Rule]) {
                     .u64(rule.replaces.len() as u64);
                 for r in &rule.replaces {
                     h.str(r);
+                }
+                // Hashed only when set, so that configs without them keep their fingerprint
+                // across the upgrade that introduced them.
+                if rule.quota_mode {
+                    h.str("quota_mode");
+                }
+                if let Some(m) = &rule.metadata {
+                    h.str("metadata").str(&m.to_string());
                 }
             }
         }

@@ -12,7 +12,7 @@
 //! depend on the parser getting that far.
 
 use super::error::{ConfigError, ConfigErrors};
-use super::RateLimitConfig;
+use super::{BuildOptions, RateLimitConfig};
 
 /// Deepest flow nesting (`[`/`{`) accepted. Real configs nest a few levels.
 pub const MAX_FLOW_DEPTH: usize = 64;
@@ -27,6 +27,8 @@ pub struct LoadPolicy {
     pub allow_empty: bool,
     /// Largest total size of the config files, in bytes.
     pub max_bytes: usize,
+    /// The reference's `MERGE_DOMAIN_CONFIG`.
+    pub build: BuildOptions,
 }
 
 impl Default for LoadPolicy {
@@ -34,6 +36,7 @@ impl Default for LoadPolicy {
         LoadPolicy {
             allow_empty: false,
             max_bytes: 4 << 20,
+            build: BuildOptions::default(),
         }
     }
 }
@@ -49,7 +52,7 @@ impl LoadPolicy {
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
-        let config = RateLimitConfig::from_files(files)?;
+        let config = RateLimitConfig::from_files_with(files, self.build)?;
         if config.domains().next().is_none() && !self.allow_empty {
             let what = if files.is_empty() {
                 "no config files (*.yaml, *.yml) found".to_string()

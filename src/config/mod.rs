@@ -16,6 +16,7 @@ mod load;
 mod matcher;
 mod model;
 mod render;
+mod schema;
 #[cfg(test)]
 mod tests;
 
@@ -56,11 +57,48 @@ pub struct Rule {
     pub detailed_metric: bool,
     pub value_to_metric: bool,
     pub share_threshold: bool,
+    /// The reference's `quota_mode`: being over fails the request only when every quota-mode
+    /// descriptor of it is over.
+    pub quota_mode: bool,
+    /// The descriptor's `metadata`, as JSON: merged into the response's dynamic metadata when
+    /// the rule passes.
+    pub metadata: Option<std::sync::Arc<serde_json::Value>>,
+    /// How the `limit` label of a request matched by this rule is built, when it depends on
+    /// the request (`detailed_metric`, `value_to_metric`); `None`: the label is `stats_key`.
+    pub metric_path: Option<MetricPath>,
     /// Names of rules this one drops when both match the same request.
     pub replaces: Vec<String>,
     /// Stable hash of (domain, stats_key, name, limit incl. burst): an unchanged rule keeps its
     /// id across reloads, so its buckets survive; a changed one gets a new id and fresh buckets.
     pub id: u64,
+}
+
+/// The configured descriptors from the domain down to a rule, for labels built per request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricPath {
+    /// `detailed_metric`: every level shows the request's value.
+    pub detailed: bool,
+    pub levels: Vec<MetricLevel>,
+}
+
+/// One configured descriptor on a rule's path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricLevel {
+    pub key: Box<str>,
+    /// The configured value (exact or wildcard pattern); `None` for key-only.
+    pub value: Option<Box<str>>,
+    /// `value_to_metric`: the request's value is shown instead of the configured one.
+    pub value_to_metric: bool,
+    /// `share_threshold`: all values share one bucket, so they share one label (the pattern).
+    pub shared: bool,
+}
+
+/// Options of the config build that the reference sets in its environment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BuildOptions {
+    /// `MERGE_DOMAIN_CONFIG`: files naming the same domain are merged (their descriptors
+    /// concatenated, in file order) instead of refused as duplicates.
+    pub merge_domains: bool,
 }
 
 /// What a request descriptor matches.
@@ -71,6 +109,25 @@ pub enum Match<'a> {
     /// Nothing at the request's depth, or a whitelist entry (matched, without rate_limit).
     NoRule,
     Rule(&'a Rule),
+}
+
+/// The rules of one configured domain.
+#[derive(Clone, Copy)]
+pub struct DomainRules<'a> {
+    level: &'a Level,
+    rules: &'a [Rule],
+}
+
+impl<'a> DomainRules<'a> {
+    /// The rule for one request descriptor's entries, with its position in
+    /// [`RateLimitConfig::rules`] (per-rule state lives in vectors indexed the same way).
+    pub fn lookup<'b>(
+        &self,
+        entries: impl IntoIterator<Item = (&'b str, &'b str)>,
+    ) -> Option<(usize, &'a Rule)> {
+        let i = self.level.lookup(entries)?;
+        self.rules.get(i).map(|r| (i, r))
+    }
 }
 
 /// The loaded rules of every domain. Immutable; `Send + Sync`.
@@ -95,7 +152,16 @@ impl RateLimitConfig {
 
     /// Builds a config from `(file name, contents)` pairs; the names only label errors.
     pub fn from_files(files: &[(String, String)]) -> Result<RateLimitConfig, ConfigErrors> {
-        build::build(files)
+        build::build(files, BuildOptions::default())
+    }
+
+    /// [`from_files`](Self::from_files) with the options the reference takes from its
+    /// environment.
+    pub fn from_files_with(
+        files: &[(String, String)],
+        options: BuildOptions,
+    ) -> Result<RateLimitConfig, ConfigErrors> {
+        build::build(files, options)
     }
 
     /// The rule for one request descriptor's entries `(key, value)`, in request order.
@@ -111,6 +177,19 @@ impl RateLimitConfig {
             Some(rule) => Match::Rule(rule),
             None => Match::NoRule,
         }
+    }
+
+    /// One domain's rules, found once per request and then looked up per descriptor.
+    pub fn domain(&self, name: &str) -> Option<DomainRules<'_>> {
+        self.domains.get(name).map(|level| DomainRules {
+            level,
+            rules: &self.rules,
+        })
+    }
+
+    /// Whether a domain is configured.
+    pub fn has_domain(&self, domain: &str) -> bool {
+        self.domains.contains_key(domain)
     }
 
     /// Configured domains, sorted.

@@ -3,15 +3,19 @@
 //! These structs only describe shape; meaning (units, duplicates, replaces) is checked in
 //! `build.rs`, where every problem can be reported instead of just the first one. Unknown keys
 //! are refused here, as the reference refuses them, so a typo such as `requests_per_units`
-//! fails loudly instead of silently dropping a limit.
+//! fails loudly instead of silently dropping a limit; `schema.rs` then finds every other
+//! unknown key of the document, so one typo does not hide the rest.
 //!
 //! Scalars are read the way the reference's YAML library (go-yaml v2) reads them, so files
 //! written for it keep working: a string field takes any scalar as written (`value: 429` is the
 //! string "429"), and booleans take the YAML 1.1 spellings (`yes`, `on`, ...) as well as `true`.
 
-use serde::de::{self, Deserializer, IgnoredAny, Visitor};
+use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use std::fmt;
+
+use super::error::ConfigError;
+use super::schema;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(
@@ -44,9 +48,14 @@ pub(crate) struct YamlDescriptor {
     pub value_to_metric: bool,
     #[serde(default, deserialize_with = "yaml11_bool")]
     pub share_threshold: bool,
-    /// Free-form annotations for humans and tools; accepted so such files load, never read.
-    #[serde(default, rename = "metadata")]
-    pub _metadata: Option<IgnoredAny>,
+    /// The reference's quota mode: this descriptor being over its limit only fails the request
+    /// when every quota-mode descriptor of it is over.
+    #[serde(default, deserialize_with = "yaml11_bool")]
+    pub quota_mode: bool,
+    /// Free-form annotations; merged into the response's dynamic metadata for the rules that
+    /// passed, when that is enabled (the reference's `RESPONSE_DYNAMIC_METADATA`).
+    #[serde(default)]
+    pub metadata: Option<serde_yaml_ng::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -77,23 +86,40 @@ pub(crate) struct YamlReplaces {
     pub name: Option<String>,
 }
 
-/// Parses one file into its domains: one per YAML document.
+/// Parses one file into its domains: one per YAML document, with every problem found.
 ///
 /// The reference reads only a file's first document; tollgate reads each `---`-separated
 /// document as its own domain (so one file, such as the embedded default, can hold several).
 /// Empty documents (a stray trailing `---`) are skipped, but a file with no document at all is
 /// an empty root, which the builder refuses for its empty domain, as the reference does.
-pub(crate) fn parse(contents: &str) -> Result<Vec<YamlRoot>, serde_yaml_ng::Error> {
+///
+/// A document with unknown keys is refused with all of them (`schema::unknown_keys`) and is
+/// still returned, read without them, so that the builder reports its other problems too.
+pub(crate) fn parse(file: &str, contents: &str) -> (Vec<YamlRoot>, Vec<ConfigError>) {
     let mut roots = Vec::new();
-    for document in serde_yaml_ng::Deserializer::from_str(contents) {
-        if let Some(root) = Option::<YamlRoot>::deserialize(document)? {
-            roots.push(root);
+    let mut errors = Vec::new();
+    for (index, document) in serde_yaml_ng::Deserializer::from_str(contents).enumerate() {
+        match Option::<YamlRoot>::deserialize(document) {
+            Ok(Some(root)) => roots.push(root),
+            Ok(None) => {}
+            Err(err) => {
+                let first = ConfigError::from_yaml(file, &err);
+                let unknown_key = first.message.contains("unknown field `");
+                errors.push(first);
+                if !unknown_key {
+                    // A syntax or type error: the rest of the file cannot be read reliably.
+                    return (roots, errors);
+                }
+                if let Some(root) = schema::recover(file, contents, index, &mut errors) {
+                    roots.push(root);
+                }
+            }
         }
     }
-    if roots.is_empty() {
+    if roots.is_empty() && errors.is_empty() {
         roots.push(YamlRoot::default());
     }
-    Ok(roots)
+    (roots, errors)
 }
 
 /// A boolean as go-yaml v2 reads it: YAML 1.1 spellings included; `~`/null reads as false.
@@ -111,6 +137,14 @@ fn yaml11_bool<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Er
             Ok(v)
         }
 
+        fn visit_unit<E: de::Error>(self) -> Result<bool, E> {
+            Ok(false)
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<bool, E> {
+            Ok(false)
+        }
+
         fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
             match v {
                 "y" | "Y" | "yes" | "Yes" | "YES" | "true" | "True" | "TRUE" | "on" | "On"
@@ -122,46 +156,59 @@ fn yaml11_bool<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Er
         }
     }
 
-    // Asking for a string hands over the scalar exactly as written, whatever YAML 1.2 thinks it is.
-    deserializer.deserialize_str(Yaml11Bool)
+    // From the text, asking for a string hands over the scalar exactly as written, whatever
+    // YAML 1.2 thinks it is; from a recovered `Value` (see `schema::recover`) booleans and
+    // nulls arrive already typed, which `deserialize_any` also accepts.
+    deserializer.deserialize_any(Yaml11Bool)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn parse_ok(yaml: &str) -> Vec<YamlRoot> {
+        let (roots, errors) = parse("t.yaml", yaml);
+        assert!(errors.is_empty(), "{errors:?}");
+        roots
+    }
+
+    fn parse_err(yaml: &str) -> Vec<ConfigError> {
+        let (_, errors) = parse("t.yaml", yaml);
+        assert!(!errors.is_empty(), "accepted: {yaml}");
+        errors
+    }
+
     #[test]
     fn numeric_value_is_read_as_the_string_written() {
-        let roots = parse("domain: d\ndescriptors:\n  - key: code\n    value: 4.20\n").unwrap();
+        let roots = parse_ok("domain: d\ndescriptors:\n  - key: code\n    value: 4.20\n");
         let d = &roots[0].descriptors.as_ref().unwrap()[0];
         assert_eq!(d.value.as_deref(), Some("4.20"));
     }
 
     #[test]
     fn yaml11_booleans_are_accepted() {
-        let roots = parse(
+        let roots = parse_ok(
             "domain: d\ndescriptors:\n  - key: k\n    shadow_mode: yes\n    detailed_metric: On\n",
-        )
-        .unwrap();
+        );
         let d = &roots[0].descriptors.as_ref().unwrap()[0];
         assert!(d.shadow_mode && d.detailed_metric);
     }
 
     #[test]
     fn non_boolean_flag_is_an_error() {
-        assert!(parse("domain: d\ndescriptors:\n  - key: k\n    shadow_mode: maybe\n").is_err());
+        parse_err("domain: d\ndescriptors:\n  - key: k\n    shadow_mode: maybe\n");
     }
 
     #[test]
     fn file_without_documents_is_one_empty_root() {
-        let roots = parse("# only a comment\n").unwrap();
+        let roots = parse_ok("# only a comment\n");
         assert_eq!(roots.len(), 1);
         assert!(roots[0].domain.is_none() && roots[0].descriptors.is_none());
     }
 
     #[test]
     fn each_document_is_a_root_and_empty_ones_are_skipped() {
-        let roots = parse("domain: a\n---\ndomain: b\n---\n").unwrap();
+        let roots = parse_ok("domain: a\n---\ndomain: b\n---\n");
         let domains: Vec<_> = roots.iter().map(|r| r.domain.as_deref()).collect();
         assert_eq!(domains, [Some("a"), Some("b")]);
     }
@@ -169,6 +216,43 @@ mod tests {
     #[test]
     fn metadata_of_any_shape_is_ignored() {
         let yaml = "domain: d\ndescriptors:\n  - key: k\n    metadata:\n      owner: [a, {b: 1}]\n";
-        assert!(parse(yaml).is_ok());
+        let roots = parse_ok(yaml);
+        let d = &roots[0].descriptors.as_ref().unwrap()[0];
+        assert!(d.metadata.is_some());
+    }
+
+    #[test]
+    fn every_unknown_key_of_a_document_is_reported_with_its_line() {
+        let errors = parse_err(
+            "domain: d\ndescriptors:\n  - key: a\n    valu: v\n  - key: b\n    rate_limit:\n      unit: second\n      requests_per_units: 5\n",
+        );
+        let found: Vec<_> = errors.iter().map(|e| (e.line, e.message.clone())).collect();
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!(found[0].0, Some(4));
+        assert!(found[0].1.contains("unknown field `valu`"), "{found:?}");
+        assert_eq!(found[1].0, Some(8));
+        assert!(
+            found[1].1.contains("unknown field `requests_per_units`")
+                && found[1].1.contains("descriptors[1].rate_limit"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_document_with_unknown_keys_is_still_read_for_its_other_problems() {
+        let (roots, errors) = parse(
+            "t.yaml",
+            "domain: d\nbogus: 1\ndescriptors:\n  - key: k\n    value: 429\n    shadow_mode: yes\n",
+        );
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let d = &roots[0].descriptors.as_ref().unwrap()[0];
+        assert_eq!(d.value.as_deref(), Some("429"));
+        assert!(d.shadow_mode);
+    }
+
+    #[test]
+    fn quota_mode_is_read() {
+        let roots = parse_ok("domain: d\ndescriptors:\n  - key: k\n    quota_mode: true\n");
+        assert!(roots[0].descriptors.as_ref().unwrap()[0].quota_mode);
     }
 }

@@ -10,6 +10,7 @@
 //! one that will be full last: each rule keeps the latest "full again at" time seen on the
 //! request path, and the gauges are computed from it at scrape time.
 
+mod detailed;
 mod latency;
 mod rule;
 
@@ -20,6 +21,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, Prometheu
 
 pub use latency::LatencyHistogram;
 
+pub use detailed::{DetailedSeries, DEFAULT_SERIES_CAP};
 pub use rule::RuleStats;
 
 const META: Metadata<'static> = Metadata::new("tollgate", Level::INFO, None);
@@ -56,6 +58,8 @@ pub struct Metrics {
     pub keys_shared: Counter,
     pub keys_denied: Counter,
     pub ready: Gauge,
+    pub global_shadow_mode: Counter,
+    pub detailed_dropped: Counter,
 }
 
 impl Metrics {
@@ -94,6 +98,8 @@ impl Metrics {
             keys_shared: c("tollgate_keys_over_cap_total", &[("action", "shared")]),
             keys_denied: c("tollgate_keys_over_cap_total", &[("action", "denied")]),
             ready: recorder.register_gauge(&key("tollgate_ready", &[]), &META),
+            global_shadow_mode: c("tollgate_global_shadow_mode_total", &[]),
+            detailed_dropped: c("tollgate_detailed_series_dropped_total", &[]),
             recorder,
             handle,
         })
@@ -157,6 +163,8 @@ fn describe(r: &PrometheusRecorder) {
         d("tollgate_accept_errors_total", "Failed accepts on a port (e.g. out of file descriptors), retried with backoff."),
         d("tollgate_tls_reloads_total", "Certificate reloads after their files changed, by listener and result."),
         d("tollgate_tls_handshake_failures_total", "TLS handshakes refused or timed out, by listener."),
+        d("tollgate_global_shadow_mode_total", "Requests over a limit answered OK because global shadow mode is on."),
+        d("tollgate_detailed_series_dropped_total", "Hits not given a per-value series because their rule reached its label cap."),
     ];
     for (name, help) in counters {
         r.describe_counter(name, None, help);

@@ -62,7 +62,12 @@ async fn grpc_health_reports_serving_overall_and_for_the_rls() {
         .await
         .expect("connects");
     let mut client = HealthClient::new(channel);
-    for service in ["", "envoy.service.ratelimit.v3.RateLimitService"] {
+    // "ratelimit" is the name the reference registers; probes written for it keep working.
+    for service in [
+        "",
+        "envoy.service.ratelimit.v3.RateLimitService",
+        "ratelimit",
+    ] {
         let r = client
             .check(HealthCheckRequest {
                 service: service.to_string(),

@@ -6,6 +6,7 @@ mod common;
 mod decisions;
 mod errors;
 mod hostile;
+mod fidelity;
 mod http;
 mod key_budget;
 mod metrics;

@@ -295,3 +295,58 @@ fn composite_keys_that_collide_are_duplicates_like_the_reference() {
     );
     assert_eq!(err.message, "duplicate descriptor composite key 'd.a_b_c'");
 }
+
+#[test]
+fn every_unknown_key_and_the_other_problems_of_a_file_are_reported_together() {
+    let errs = errors(
+        "domain: d\ndescriptors:\n  - key: a\n    valu: v\n    rate_limit: {unit: fortnight, requests_per_unit: 1}\n  - key: b\n    shadow: true\n",
+    )
+    .0;
+    let messages: Vec<_> = errs.iter().map(|e| (e.line, e.message.as_str())).collect();
+    assert_eq!(errs.len(), 3, "{messages:?}");
+    assert!(messages[0].1.contains("unknown field `valu`") && messages[0].0 == Some(4));
+    assert!(messages[1].1.contains("unknown field `shadow`") && messages[1].0 == Some(7));
+    assert!(messages[2].1.contains("fortnight"), "{messages:?}");
+}
+
+#[test]
+fn merged_domains_join_their_descriptors_and_still_refuse_duplicates() {
+    use crate::config::BuildOptions;
+    let files = [
+        (
+            "one.yaml".to_string(),
+            "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: second, requests_per_unit: 1}\n".to_string(),
+        ),
+        (
+            "two.yaml".to_string(),
+            "domain: d\ndescriptors:\n  - key: b\n    rate_limit: {unit: second, requests_per_unit: 2}\n".to_string(),
+        ),
+    ];
+    let merge = BuildOptions {
+        merge_domains: true,
+    };
+    let c = RateLimitConfig::from_files_with(&files, merge).expect("merged");
+    assert_eq!(
+        super::requests_per_unit(super::rule(&c, "d", &[("b", "x")])),
+        2
+    );
+    assert_eq!(
+        super::requests_per_unit(super::rule(&c, "d", &[("a", "x")])),
+        1
+    );
+    assert!(
+        RateLimitConfig::from_files(&files).is_err(),
+        "refused without the option"
+    );
+    let dup = [
+        files[0].clone(),
+        ("three.yaml".to_string(), files[0].1.clone()),
+    ];
+    let errs = RateLimitConfig::from_files_with(&dup, merge).unwrap_err();
+    assert!(
+        errs.0[0]
+            .message
+            .contains("duplicate descriptor composite key"),
+        "{errs}"
+    );
+}

@@ -1,0 +1,215 @@
+//! Step one of a decision, pure: a request and the served config in, what each descriptor is
+//! limited by (and which buckets to charge) out. Nothing here reads the clock or the store.
+
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::RateLimitOverride;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+use smallvec::SmallVec;
+
+use super::keys;
+use super::{Active, RequestError, RuleMetrics};
+use crate::bucket::Limit;
+use crate::config::{Rule, RuleLimit};
+use crate::store::{Charge, KeyId};
+use crate::unit::Unit;
+
+/// What one descriptor resolved to.
+pub(crate) enum Plan<'a> {
+    /// No rule, a whitelisted value, a replaced rule, an empty descriptor, or an unknown domain.
+    NoLimit,
+    Unlimited(&'a Rule),
+    Limited(Limited<'a>),
+}
+
+/// A descriptor under a limit: a configured rule's, or the request's own override.
+pub(crate) struct Limited<'a> {
+    /// `None` for a limit override.
+    pub rule: Option<&'a Rule>,
+    pub metrics: &'a RuleMetrics,
+    pub requests_per_unit: u32,
+    pub unit: Unit,
+    pub hits: u64,
+    pub shadow: bool,
+    /// Quota mode (the rule's or the global one): over fails the request only when every
+    /// quota descriptor of it is over.
+    pub quota: bool,
+    /// Index into [`Resolved::charges`]; `None` when the limit admits nothing
+    /// (`requests_per_unit: 0`), so there is no bucket to charge.
+    pub charge: Option<usize>,
+    /// The per-request `limit` label (`detailed_metric`, `value_to_metric`).
+    pub label: Option<String>,
+}
+
+pub(crate) struct Resolved<'a> {
+    pub plans: SmallVec<[Plan<'a>; 4]>,
+    pub charges: SmallVec<[Charge; 4]>,
+    pub unknown_domain: bool,
+}
+
+/// What a descriptor matched, before `replaces` is applied.
+enum Matched<'a> {
+    Nothing,
+    Override(&'a RateLimitOverride),
+    Rule(usize, &'a Rule),
+}
+
+/// Resolve every descriptor of `req` against `active`. `global_quota` puts every limited
+/// descriptor in quota mode (the reference's global quota mode).
+pub(crate) fn resolve<'a>(
+    active: &'a Active,
+    req: &'a RateLimitRequest,
+    global_quota: bool,
+) -> Result<Resolved<'a>, RequestError> {
+    let mut resolved = Resolved {
+        plans: SmallVec::new(),
+        charges: SmallVec::new(),
+        unknown_domain: false,
+    };
+    // The domain is checked first, as in the reference: on an unknown domain even a limit
+    // override has no effect.
+    let Some(domain) = active.config.domain(&req.domain) else {
+        resolved.unknown_domain = true;
+        resolved
+            .plans
+            .extend(req.descriptors.iter().map(|_| Plan::NoLimit));
+        return Ok(resolved);
+    };
+    let matched: SmallVec<[Matched<'a>; 4]> = req
+        .descriptors
+        .iter()
+        .map(|d| {
+            if d.entries.is_empty() {
+                // The reference answers an empty descriptor OK, with no limit.
+                Matched::Nothing
+            } else if let Some(o) = &d.limit {
+                Matched::Override(o)
+            } else {
+                let entries = d.entries.iter().map(|e| (e.key.as_str(), e.value.as_str()));
+                match domain.lookup(entries) {
+                    Some((i, r)) => Matched::Rule(i, r),
+                    None => Matched::Nothing,
+                }
+            }
+        })
+        .collect();
+    // `replaces`: a matched rule named in another matched rule's replaces is dropped.
+    let replaced: SmallVec<[&str; 4]> = matched
+        .iter()
+        .filter_map(|m| match m {
+            Matched::Rule(_, r) => Some(r.replaces.iter().map(String::as_str)),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+
+    let request_hits = u64::from(req.hits_addend).max(1);
+    let mut r = Resolver {
+        active,
+        domain: &req.domain,
+        global_quota,
+        charges: SmallVec::new(),
+    };
+    for (index, (d, m)) in req.descriptors.iter().zip(&matched).enumerate() {
+        let hits = d.hits_addend.as_ref().map_or(request_hits, |h| h.value);
+        let plan = match *m {
+            Matched::Nothing => Plan::NoLimit,
+            Matched::Override(o) => r.override_plan(index, d, o, hits)?,
+            Matched::Rule(_, rule)
+                if rule.name.as_deref().is_some_and(|n| replaced.contains(&n)) =>
+            {
+                Plan::NoLimit
+            }
+            Matched::Rule(i, rule) => r.rule_plan(d, i, rule, hits),
+        };
+        resolved.plans.push(plan);
+    }
+    resolved.charges = r.charges;
+    Ok(resolved)
+}
+
+/// What every plan of one request shares: the config, the domain, and the charges so far.
+struct Resolver<'a> {
+    active: &'a Active,
+    domain: &'a str,
+    global_quota: bool,
+    charges: SmallVec<[Charge; 4]>,
+}
+
+impl<'a> Resolver<'a> {
+    /// A descriptor with its own limit (`descriptor.limit`): the config is bypassed.
+    fn override_plan(
+        &mut self,
+        index: usize,
+        d: &RateLimitDescriptor,
+        o: &RateLimitOverride,
+        hits: u64,
+    ) -> Result<Plan<'a>, RequestError> {
+        let unit = Unit::from_proto(o.unit).ok_or(RequestError::UnknownUnit {
+            index,
+            unit: o.unit,
+        })?;
+        // Built from the same config, every domain has override stats; stay safe anyway.
+        let Some(metrics) = self.active.overrides.get(self.domain) else {
+            return Ok(Plan::NoLimit);
+        };
+        let charge = Limit::new(o.requests_per_unit, o.requests_per_unit, unit).map(|limit| {
+            let key = keys::override_key(self.domain, o.requests_per_unit, unit, d);
+            self.charge(key, limit, hits, true, crate::store::budget::OVERRIDES)
+        });
+        Ok(Plan::Limited(Limited {
+            rule: None,
+            metrics,
+            requests_per_unit: o.requests_per_unit,
+            unit,
+            hits,
+            shadow: false,
+            quota: self.global_quota,
+            charge,
+            label: None,
+        }))
+    }
+
+    /// A descriptor matched by rule `r`, at position `i` of the config's rules.
+    fn rule_plan(&mut self, d: &RateLimitDescriptor, i: usize, r: &'a Rule, hits: u64) -> Plan<'a> {
+        let RuleLimit::Limited {
+            requests_per_unit,
+            unit,
+            burst,
+        } = r.limit
+        else {
+            return Plan::Unlimited(r);
+        };
+        // Built from the same config, every rule has metrics; stay safe anyway.
+        let Some(metrics) = self.active.rules.get(i) else {
+            return Plan::NoLimit;
+        };
+        let limit = Limit::new(burst.unwrap_or(requests_per_unit), requests_per_unit, unit);
+        let charge = limit.map(|limit| {
+            let key = keys::rule_key(self.domain, r, d);
+            self.charge(key, limit, hits, !r.shadow_mode, r.id)
+        });
+        Plan::Limited(Limited {
+            rule: Some(r),
+            metrics,
+            requests_per_unit,
+            unit,
+            hits,
+            shadow: r.shadow_mode,
+            quota: !r.shadow_mode && (self.global_quota || r.quota_mode),
+            charge,
+            label: r.metric_path.as_ref().map(|p| keys::metric_label(p, d)),
+        })
+    }
+
+    /// `rule`: the key budget a new key counts in (`store::budget`).
+    fn charge(&mut self, key: KeyId, limit: Limit, hits: u64, enforce: bool, rule: u64) -> usize {
+        self.charges.push(Charge {
+            key,
+            limit,
+            hits,
+            enforce,
+            rule,
+        });
+        self.charges.len() - 1
+    }
+}
