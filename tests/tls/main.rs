@@ -294,7 +294,7 @@ async fn rotating_the_certificate_fails_no_request_and_new_connections_present_t
             // Bounded: the test stops it, and 20 000 calls is far more than it needs.
             while !stop.load(Ordering::Relaxed) && i < 20_000 {
                 i += 1;
-                let ok = if i % 10 == 0 {
+                let ok = if i.is_multiple_of(10) {
                     match grpc_client(addr, &ca, Some(&client_leaf)).await {
                         Ok(mut fresh) => fresh.should_rate_limit(request()).await.is_ok(),
                         Err(_) => false,
