@@ -556,6 +556,9 @@ def envoy(
             "--concurrency",
             "1",
             "--disable-hot-restart",
+            # Access logs are flushed every 10 s by default: a test reading them would race that.
+            "--file-flush-interval-msec",
+            "100",
             "-l",
             log_level,
         ]
