@@ -426,9 +426,10 @@ impl BucketState {
             .checked_div(own + others)
             .unwrap_or(base / g.members.max(1) as u128);
         let q = share.max(g.min_window_tokens(limit) as u128);
+        // A query (0 hits) takes nothing, so there is nothing to hold back: the bucket answers.
         // With nothing in flight one request always goes to the bucket itself, however large:
         // otherwise a request for more than a share could never be admitted.
-        unacked == 0 || (unacked as u128).saturating_add(n as u128) <= q
+        n == 0 || unacked == 0 || (unacked as u128).saturating_add(n as u128) <= q
     }
 
     /// Merge another replica's view of the same key. Returns whether `self` changed.

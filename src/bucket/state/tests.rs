@@ -861,3 +861,25 @@ proptest! {
         prop_assert!(a.le(&ab_c) && b.le(&ab_c) && c.le(&ab_c), "upper bound");
     }
 }
+
+#[test]
+fn the_burst_guard_never_holds_back_a_query_that_takes_nothing() {
+    let limit = Limit::new(100, 100, Unit::Second).expect("limit");
+    let mut s = BucketState::new(0);
+    assert!(s.admit(&limit, ME, 40, T0, 0).allowed);
+    // 40 own tokens unacknowledged, 4 members: a share of 25 each.
+    let g = Guard {
+        acked_consumed: 0,
+        acked_requested: 0,
+        members: 4,
+        round_trip_ns: 0,
+    };
+    assert!(
+        !s.guard_allows(&limit, ME, 1, T0, &g),
+        "a request beyond the share waits"
+    );
+    assert!(
+        s.guard_allows(&limit, ME, 0, T0, &g),
+        "a 0-hit query is answered by the bucket"
+    );
+}
