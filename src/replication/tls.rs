@@ -10,14 +10,14 @@
 //! both directions, use the new certificate; streams already open carry on with the old one.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::{PrivateKeyDer, ServerName};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Server};
 
 use crate::tls::{Flags, ServingTls, Tls, TlsFiles, ALPN_H2};
@@ -39,18 +39,6 @@ pub struct PeerTlsFiles {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PeerTlsError {
-    #[error("cannot read {flag} {}: {source}", path.display())]
-    Read {
-        flag: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{flag} {}: {what}", path.display())]
-    Parse {
-        flag: &'static str,
-        path: PathBuf,
-        what: String,
-    },
     #[error("--peer-tls-server-name '{0}' is neither a DNS name nor an IP address")]
     ServerName(String),
     /// rustls refused the files together, e.g. a key that is not the certificate's.
@@ -145,11 +133,12 @@ fn client_config(
     files: &PeerTlsFiles,
     server_name: Option<&str>,
 ) -> Result<ClientTlsConfig, PeerTlsError> {
+    use crate::tls::files::{certificates, read};
     let cert = read("--peer-tls-cert", &files.cert)?;
     let key = read("--peer-tls-key", &files.key)?;
     let ca = read("--peer-tls-ca", &files.ca)?;
     certificates("--peer-tls-cert", &files.cert, &cert)?;
-    PrivateKeyDer::from_pem_slice(&key).map_err(|e| PeerTlsError::Parse {
+    PrivateKeyDer::from_pem_slice(&key).map_err(|e| crate::tls::TlsError::Parse {
         flag: "--peer-tls-key",
         path: files.key.clone(),
         what: format!("no PEM private key (PKCS#8, PKCS#1 or SEC1) in it: {e}"),
@@ -207,30 +196,6 @@ pub(crate) fn endpoint(
     }
 }
 
-fn read(flag: &'static str, path: &Path) -> Result<Vec<u8>, PeerTlsError> {
-    std::fs::read(path).map_err(|source| PeerTlsError::Read {
-        flag,
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-/// At least one certificate, and every PEM certificate block well-formed.
-fn certificates(flag: &'static str, path: &Path, pem: &[u8]) -> Result<(), PeerTlsError> {
-    let parse = |what: String| PeerTlsError::Parse {
-        flag,
-        path: path.to_path_buf(),
-        what,
-    };
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| parse(format!("malformed PEM: {e}")))?;
-    if certs.is_empty() {
-        return Err(parse("no PEM certificate (BEGIN CERTIFICATE) in it".into()));
-    }
-    Ok(())
-}
-
 /// tonic's transport error says only "transport error": the reason is in its sources.
 pub(super) fn chain(e: &dyn std::error::Error) -> String {
     let mut reasons = Vec::new();
@@ -255,7 +220,7 @@ mod tests {
     };
 
     /// A CA and a node certificate it signed, written to `dir` as ca.pem, cert.pem, key.pem.
-    fn write_pki(dir: &Path) -> PeerTlsFiles {
+    fn write_pki(dir: &std::path::Path) -> PeerTlsFiles {
         let mut ca = CertificateParams::new(Vec::new()).expect("params");
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];

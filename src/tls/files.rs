@@ -138,7 +138,8 @@ pub fn server_config(
     Ok(config)
 }
 
-fn read(flag: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+/// Also the peer stream's (`replication::tls`): one reading, one set of messages.
+pub(crate) fn read(flag: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Read {
         flag,
         path: path.to_path_buf(),
@@ -147,7 +148,7 @@ fn read(flag: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
 }
 
 /// At least one certificate, and every PEM certificate block well-formed.
-fn certificates(
+pub(crate) fn certificates(
     flag: &'static str,
     path: &Path,
     pem: &[u8],

@@ -7,7 +7,7 @@
 //! connection uses the identity current at its handshake ([`ServingTls`]).
 
 mod accept;
-mod files;
+pub(crate) mod files;
 pub mod reload;
 mod serving;
 pub mod settings;
