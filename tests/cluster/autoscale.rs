@@ -3,7 +3,7 @@
 //! two are scaled down with SIGTERM, while every live node is driven at the limit of one key.
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,8 +12,6 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::R
 use tokio::task::JoinHandle;
 
 use crate::common::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 
 /// 100/s with a burst of 100.
 const LIMITS: &str = "domain: d\ndescriptors:\n  - key: k\n    value: fast\n    rate_limit: {unit: second, requests_per_unit: 100}\n";
@@ -56,48 +54,17 @@ impl Drop for Alias {
     }
 }
 
-struct Member {
-    name: String,
-    child: Child,
-    grpc: u16,
-    http: u16,
-}
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+type Member = Proc;
 
 fn spawn(name: &str, dir: &std::path::Path, peer: u16, seeds: &[u16]) -> Member {
-    let (grpc, http) = (free_port(), free_port());
-    let list: Vec<String> = seeds.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let child = Command::new(BIN)
-        .arg("serve")
-        .arg("--config")
-        .arg(dir)
-        .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
-        .args(["--http-addr", &format!("127.0.0.1:{http}")])
-        .args(["--peer-addr", &format!("127.0.0.1:{peer}")])
-        .args(["--peers", &list.join(",")])
-        .args(["--node-id", name, "--sync-interval", "20ms"])
-        .args(["--peer-timeout", PEER_TIMEOUT])
-        .args([
-            "--peer-dead-after",
-            &format!("{}ms", DEAD_AFTER.as_millis()),
-        ])
-        .args(["--log-level", "warn"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starts");
-    Member {
-        name: name.to_string(),
-        child,
-        grpc,
-        http,
-    }
+    let dead_after = format!("{}ms", DEAD_AFTER.as_millis());
+    let extra = [
+        "--peer-timeout",
+        PEER_TIMEOUT,
+        "--peer-dead-after",
+        &dead_after,
+    ];
+    spawn_tollgate(name, dir, peer, seeds, &extra)
 }
 
 async fn scrape(m: &Member) -> Option<String> {

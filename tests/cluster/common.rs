@@ -1,5 +1,6 @@
 pub use crate::ports::free_port;
 use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -229,4 +230,53 @@ pub fn series(text: &str, prefix: &str) -> f64 {
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
         .sum()
+}
+
+/// A real `tollgate serve` process on loopback, killed when dropped.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    pub grpc: u16,
+    pub http: u16,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start `tollgate serve` as node `name`, serving the configs in `dir` on fresh gRPC and HTTP
+/// ports, replicating on `peer` with `seeds` as its `--peers`, with `extra` flags after these.
+pub fn spawn_tollgate(
+    name: &str,
+    dir: &std::path::Path,
+    peer: u16,
+    seeds: &[u16],
+    extra: &[&str],
+) -> Proc {
+    let (grpc, http) = (free_port(), free_port());
+    let list: Vec<String> = seeds.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .arg("serve")
+        .arg("--config")
+        .arg(dir)
+        .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
+        .args(["--http-addr", &format!("127.0.0.1:{http}")])
+        .args(["--peer-addr", &format!("127.0.0.1:{peer}")])
+        .args(["--peers", &list.join(",")])
+        .args(["--node-id", name, "--sync-interval", "20ms"])
+        .args(["--log-level", "warn"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starts");
+    Proc {
+        name: name.to_string(),
+        child,
+        grpc,
+        http,
+    }
 }

@@ -1,6 +1,6 @@
 //! Real `tollgate serve` processes replicating over loopback.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,47 +9,10 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::R
 
 use crate::common::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
-
 const LIMITS: &str = "domain: d\ndescriptors:\n  - key: k\n    value: fast\n    rate_limit: {unit: second, requests_per_unit: 100}\n  - key: k\n    rate_limit: {unit: hour, requests_per_unit: 100}\n";
 
-struct Proc {
-    child: Child,
-    grpc: u16,
-    http: u16,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn spawn(name: &str, dir: &std::path::Path, peer: u16, peers: &[u16]) -> Proc {
-    let (grpc, http) = (free_port(), free_port());
-    let list: Vec<String> = peers.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let child = Command::new(BIN)
-        .arg("serve")
-        .arg("--config")
-        .arg(dir)
-        .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
-        .args(["--http-addr", &format!("127.0.0.1:{http}")])
-        .args(["--peer-addr", &format!("127.0.0.1:{peer}")])
-        .args(["--peers", &list.join(",")])
-        .args([
-            "--node-id",
-            name,
-            "--sync-interval",
-            "20ms",
-            "--log-level",
-            "warn",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starts");
-    Proc { child, grpc, http }
+    spawn_tollgate(name, dir, peer, peers, &[])
 }
 
 async fn ready(p: &Proc) {
