@@ -34,10 +34,11 @@ load() { # port requests
 }
 wait_tcp() { for _ in $(seq 1200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 
-# The Ir total of the last dump of a callgrind run.
+# The Ir total of the explicit dump (`callgrind_control -d` writes PREFIX.PID.1; the file
+# written at exit, PREFIX.PID, holds only what ran after it, the shutdown).
 total() { # file-prefix
     local f
-    f=$(ls -t "$1".* | head -1)
+    f=$(ls "$1".*.1 | head -1)
     awk '/^(summary|totals):/ { v = $2 } END { print v }' "$f"
 }
 
