@@ -501,9 +501,10 @@ impl Settings {
                 self.peer_dead_after, self.peer_timeout
             )));
         }
-        if self.max_members < 2 {
+        if !(2..=MAX_MEMBERS_CEILING).contains(&self.max_members) {
             return Err(SettingsError::Invalid(format!(
-                "max_members must be at least 2, got {}",
+                "max_members must be between 2 and {MAX_MEMBERS_CEILING}, got {}: it bounds \
+                 what peers can make this node hold (members, and 64 replica slots each)",
                 self.max_members
             )));
         }
@@ -592,6 +593,10 @@ impl Settings {
     }
 }
 
+/// The largest `--max-members`: far above the 20-pod fleets this is built for, and small
+/// enough that members x 64 replica slots stays a bounded amount of state per key.
+const MAX_MEMBERS_CEILING: usize = 4096;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -672,6 +677,55 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("near_limit_ratio"), "{err}");
+    }
+
+    #[test]
+    fn peer_dead_after_defaults_to_thirty_seconds_and_parses_durations() {
+        let s = args(&[]).resolve_with_env(|_| None).expect("valid");
+        assert_eq!(s.peer_dead_after, Duration::from_secs(30));
+        let s = args(&["--peer-dead-after", "90s"])
+            .resolve_with_env(|_| None)
+            .expect("valid");
+        assert_eq!(s.peer_dead_after, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn peer_dead_after_must_outlast_the_peer_timeout() {
+        let err = args(&["--peer-timeout", "5s", "--peer-dead-after", "5s"])
+            .resolve_with_env(|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("peer_dead_after") && err.contains("peer_timeout"),
+            "{err}"
+        );
+        let err = args(&["--peer-dead-after", "never"])
+            .resolve_with_env(|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"never\""), "{err}");
+    }
+
+    #[test]
+    fn max_members_defaults_to_256_and_is_bounded_both_ways() {
+        let s = args(&[]).resolve_with_env(|_| None).expect("valid");
+        assert_eq!(s.max_members, 256);
+        for bad in ["1", "0", "4097"] {
+            let err = args(&["--max-members", bad])
+                .resolve_with_env(|_| None)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("max_members") && err.contains(bad),
+                "{bad}: {err}"
+            );
+        }
+        let s = args(&["--max-members", "4096"])
+            .resolve_with_env(|_| None)
+            .expect("the ceiling itself is allowed");
+        assert_eq!(s.max_members, 4096);
+        let err = Cli::try_parse_from(["tollgate", "--max-members", "many"]).unwrap_err();
+        assert!(err.to_string().contains("--max-members"), "{err}");
     }
 
     #[test]
