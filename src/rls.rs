@@ -3,6 +3,7 @@
 //! mapping of a decision to Envoy's response is in `respond`.
 
 pub mod respond;
+pub mod unary;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -59,9 +60,9 @@ pub fn decide(
     if !readiness.synced() {
         // Not synced means the answer could be wrong: let Envoy's failure mode decide instead.
         metrics.request(Answer::Unavailable);
-        return Err(Status::unavailable(
+        return Err(unary::handled(Status::unavailable(
             "tollgate is not ready: its state is not yet synced with its peers",
-        ));
+        )));
     }
     let result = limiter.should_rate_limit(req);
     metrics.latency.record(start.elapsed());
@@ -72,7 +73,7 @@ pub fn decide(
         }
         Err(e) => {
             metrics.request(Answer::InvalidArgument);
-            Err(Status::invalid_argument(e.to_string()))
+            Err(unary::handled(Status::invalid_argument(e.to_string())))
         }
     }
 }

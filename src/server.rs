@@ -225,7 +225,10 @@ pub async fn start_with_clock(
             // One connection must not open streams without end (each costs memory).
             .max_concurrent_streams(settings.max_concurrent_streams)
             .add_service(health_service)
-            .add_service(RateLimitServiceServer::new(rls))
+            .add_service(rls::unary::Guarded::new(
+                RateLimitServiceServer::new(rls),
+                metrics.clone(),
+            ))
             .serve_with_incoming_shutdown(incoming, grpc_stop.cancelled_owned())
     });
 

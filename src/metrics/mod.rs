@@ -26,22 +26,59 @@ pub use rule::RuleStats;
 
 const META: Metadata<'static> = Metadata::new("tollgate", Level::INFO, None);
 
-/// gRPC codes ShouldRateLimit answers with, as label values.
+/// gRPC codes ShouldRateLimit answers with, as label values. The handler answers the first
+/// three; the others come from tonic before the handler runs (a body that does not decode, a
+/// message over the size limit, an unsupported compression) and are counted by
+/// `rls::unary::Guarded`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Answer {
     Ok,
     InvalidArgument,
     Unavailable,
     Internal,
+    OutOfRange,
+    ResourceExhausted,
+    Unimplemented,
+    /// Any other code.
+    Other,
 }
 
 impl Answer {
+    const ALL: [Answer; 8] = [
+        Answer::Ok,
+        Answer::InvalidArgument,
+        Answer::Unavailable,
+        Answer::Internal,
+        Answer::OutOfRange,
+        Answer::ResourceExhausted,
+        Answer::Unimplemented,
+        Answer::Other,
+    ];
+
     fn label(self) -> &'static str {
         match self {
             Answer::Ok => "OK",
             Answer::InvalidArgument => "InvalidArgument",
             Answer::Unavailable => "Unavailable",
             Answer::Internal => "Internal",
+            Answer::OutOfRange => "OutOfRange",
+            Answer::ResourceExhausted => "ResourceExhausted",
+            Answer::Unimplemented => "Unimplemented",
+            Answer::Other => "Other",
+        }
+    }
+
+    /// The answer a gRPC status code is counted as.
+    pub fn of_code(code: tonic::Code) -> Answer {
+        match code {
+            tonic::Code::Ok => Answer::Ok,
+            tonic::Code::InvalidArgument => Answer::InvalidArgument,
+            tonic::Code::Unavailable => Answer::Unavailable,
+            tonic::Code::Internal => Answer::Internal,
+            tonic::Code::OutOfRange => Answer::OutOfRange,
+            tonic::Code::ResourceExhausted => Answer::ResourceExhausted,
+            tonic::Code::Unimplemented => Answer::Unimplemented,
+            _ => Answer::Other,
         }
     }
 }
@@ -49,7 +86,7 @@ impl Answer {
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
-    requests: [Counter; 4],
+    requests: [Counter; Answer::ALL.len()],
     pub latency: LatencyHistogram,
     pub unknown_domain: Counter,
     pub config_loads_ok: Counter,
@@ -70,13 +107,7 @@ impl Metrics {
         let c = |name: &'static str, labels: &[(&'static str, &'static str)]| {
             recorder.register_counter(&key(name, labels), &META)
         };
-        let requests = [
-            Answer::Ok,
-            Answer::InvalidArgument,
-            Answer::Unavailable,
-            Answer::Internal,
-        ]
-        .map(|a| c("tollgate_requests_total", &[("code", a.label())]));
+        let requests = Answer::ALL.map(|a| c("tollgate_requests_total", &[("code", a.label())]));
         let version = recorder.register_gauge(
             &key(
                 "tollgate_build_info",
@@ -106,12 +137,8 @@ impl Metrics {
     }
 
     pub fn request(&self, answer: Answer) {
-        let i = match answer {
-            Answer::Ok => 0,
-            Answer::InvalidArgument => 1,
-            Answer::Unavailable => 2,
-            Answer::Internal => 3,
-        };
+        // The discriminant is the position in `Answer::ALL`.
+        let i = answer as usize;
         self.requests[i].increment(1);
     }
 

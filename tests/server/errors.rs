@@ -170,4 +170,48 @@ async fn a_malformed_protobuf_message_is_refused_and_the_server_keeps_serving() 
     assert!(err.message().contains("decode"), "{err:?}");
     let r = h.ask(request("d", vec![desc(&[("k", "v")])])).await;
     assert_eq!(r.statuses[0].limit_remaining, 4, "still serving");
+    let metrics = h.get_text("/metrics").await;
+    assert!(
+        metrics.contains("tollgate_requests_total{code=\"Internal\"} 1"),
+        "the refused call is counted under the code it got:\n{metrics}"
+    );
+}
+
+async fn raw_grpc(h: &Harness) -> tonic::client::Grpc<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", h.server.grpc_addr))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connects");
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    grpc
+}
+
+#[tokio::test]
+async fn a_unary_call_carrying_two_messages_is_refused_and_charges_nothing() {
+    use prost::Message as _;
+    let mut h = Harness::start(CONFIG).await;
+    let mut grpc = raw_grpc(&h).await;
+    let one = request("d", vec![desc(&[("k", "v")])]).encode_to_vec();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
+    );
+    let messages = tokio_stream::iter(vec![one.clone(), one]);
+    let err = grpc
+        .client_streaming(tonic::Request::new(messages), path, RawCodec)
+        .await
+        .expect_err("two messages in a unary call are refused");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("exactly one message"), "{err:?}");
+    let r = h.ask(request("d", vec![desc(&[("k", "v")])])).await;
+    assert_eq!(
+        r.statuses[0].limit_remaining, 4,
+        "the refused call took no token, and the server still serves"
+    );
+    let metrics = h.get_text("/metrics").await;
+    assert!(
+        metrics.contains("tollgate_requests_total{code=\"InvalidArgument\"} 1"),
+        "counted once, under the code it got:\n{metrics}"
+    );
 }
