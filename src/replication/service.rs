@@ -179,7 +179,7 @@ async fn receive(
             Ok(Some(f)) => f,
             Ok(None) => return,
             Err(s) => {
-                debug!(peer = %node, status = %s, "peer stream ended");
+                refuse_unreadable(&shared, &node, &tx, s).await;
                 return;
             }
         };
@@ -289,6 +289,33 @@ impl Drop for CaughtUp<'_> {
             inbound.remove(self.node);
         }
     }
+}
+
+/// A frame the stream could not read. One over the decoder's limit, or one that does not
+/// decode, is the peer's fault: counted, logged, and answered with a status that says why.
+/// Anything else (the peer went away, a reset) just ends the stream.
+async fn refuse_unreadable(
+    shared: &Shared,
+    node: &str,
+    tx: &mpsc::Sender<Result<Frame, Status>>,
+    s: Status,
+) {
+    let reason = match s.code() {
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => "oversized",
+        tonic::Code::Internal if s.message().contains("decode") => "malformed",
+        _ => {
+            debug!(peer = %node, status = %s, "peer stream ended");
+            return;
+        }
+    };
+    shared.metrics.refused(reason);
+    warn!(peer = %node, reason, error = %s.message(), "unreadable frame: closing this peer stream");
+    let _ = tx
+        .send(Err(Status::invalid_argument(format!(
+            "{reason} frame: {}",
+            s.message()
+        ))))
+        .await;
 }
 
 async fn close_malformed(

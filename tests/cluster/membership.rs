@@ -300,3 +300,66 @@ async fn a_malformed_frame_closes_only_that_stream_and_is_counted() {
     c.converged().await;
     assert_eq!(c.nodes[0].remaining("after").await, 95);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_over_the_size_limit_is_refused_with_a_status_and_counted() {
+    let mut c = Cluster::start(2).await;
+    let mut client = ReplicationClient::connect(format!("http://127.0.0.1:{}", c.ports[0]))
+        .await
+        .expect("connects")
+        .max_encoding_message_size(usize::MAX);
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(hello("huge", CONFIG)).await.expect("send");
+    // Twice the 1 MiB frame budget is what the decoder takes; this one is about 4 MiB.
+    let key = KeyState {
+        key_lo: u64::MAX,
+        key_hi: u64::MAX,
+        base_lo: u64::MAX,
+        forgiven_lo: u64::MAX,
+        capacity: 10,
+        per_unit: 10,
+        unit: 1,
+        ..Default::default()
+    };
+    tx.send(Frame {
+        kind: Some(Kind::Delta(Delta {
+            seq: 1,
+            replicas: vec![],
+            keys: vec![key; 90_000],
+        })),
+    })
+    .await
+    .expect("send");
+    let mut inbound = client
+        .sync(ReceiverStream::new(rx))
+        .await
+        .expect("accepted")
+        .into_inner();
+    let first = inbound.message().await.expect("hello back");
+    assert!(matches!(
+        first,
+        Some(Frame {
+            kind: Some(Kind::Hello(_))
+        })
+    ));
+    let err = inbound
+        .message()
+        .await
+        .expect_err("stream closed with an error");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("oversized frame"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(
+        series(
+            &c.nodes[0].metrics().await,
+            "tollgate_replication_frames_refused_total{reason=\"oversized\"}"
+        ),
+        1.0
+    );
+    c.nodes[1].take("after", 5).await;
+    c.converged().await;
+    assert_eq!(c.nodes[0].remaining("after").await, 95);
+}
