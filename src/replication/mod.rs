@@ -52,7 +52,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-pub use codec::{DeltaBuilder, FrameError};
+pub use codec::{decode_delta, DeltaBuilder, FrameError};
 pub use membership::MemberId;
 pub use replicas::{Replica, ReplicaTable};
 
@@ -626,16 +626,30 @@ impl Replicator {
         let mut buf = Vec::new();
         self.shared.fan_out(&mut buf);
         loop {
-            let pending: usize = self
-                .shared
-                .links
-                .lock()
-                .values()
-                .filter(|l| l.connected_node().is_some())
-                .map(|l| l.pending())
-                .sum();
+            let (links, connected, pending) = {
+                let links = self.shared.links.lock();
+                let connected: Vec<_> = links
+                    .values()
+                    .filter(|l| l.connected_node().is_some())
+                    .collect();
+                let pending: usize = connected.iter().map(|l| l.pending()).sum();
+                (links.len(), connected.len(), pending)
+            };
             if pending == 0 {
-                info!("handoff complete: every peer acknowledged this node's state");
+                if connected == 0 && links > 0 {
+                    // Nobody to hand to: what this node admitted since its last acknowledged
+                    // frame lives only in the peers' own counts of what they saw.
+                    warn!(
+                        links,
+                        "handoff: no peer is connected, so no peer acknowledged this node's state"
+                    );
+                    return false;
+                }
+                info!(
+                    peers = connected,
+                    unreachable = links - connected,
+                    "handoff complete: every connected peer acknowledged this node's state"
+                );
                 break;
             }
             if tokio::time::Instant::now() >= deadline {

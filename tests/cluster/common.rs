@@ -256,6 +256,22 @@ pub fn spawn_tollgate(
     seeds: &[u16],
     extra: &[&str],
 ) -> Proc {
+    spawn_tollgate_logged(name, dir, peer, seeds, extra, None)
+}
+
+/// [`spawn_tollgate`], with the process's log (stderr) written to `log` when given.
+pub fn spawn_tollgate_logged(
+    name: &str,
+    dir: &std::path::Path,
+    peer: u16,
+    seeds: &[u16],
+    extra: &[&str],
+    log: Option<&std::path::Path>,
+) -> Proc {
+    let stderr = match log {
+        Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
+        None => Stdio::null(),
+    };
     let (grpc, http) = (free_port(), free_port());
     let list: Vec<String> = seeds.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
@@ -267,10 +283,14 @@ pub fn spawn_tollgate(
         .args(["--peer-addr", &format!("127.0.0.1:{peer}")])
         .args(["--peers", &list.join(",")])
         .args(["--node-id", name, "--sync-interval", "20ms"])
-        .args(["--log-level", "warn"])
+        .args(if extra.contains(&"--log-level") {
+            &[][..]
+        } else {
+            &["--log-level", "warn"][..]
+        })
         .args(extra)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("starts");
     Proc {

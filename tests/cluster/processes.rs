@@ -185,3 +185,47 @@ async fn sigterm_hands_off_before_exit() {
         assert_eq!(remaining(p, "bye").await, 45);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handoff_with_no_peer_reachable_says_so_instead_of_claiming_success() {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("c.yaml"), LIMITS).expect("config");
+    let log = dir.path().join("node.log");
+    let (peer, nobody) = (free_port(), free_port());
+    let mut p = spawn_tollgate_logged(
+        "lonely",
+        dir.path(),
+        peer,
+        &[nobody],
+        &["--log-level", "info", "--shutdown-timeout", "2s"],
+        Some(&log),
+    );
+    let url = format!("http://127.0.0.1:{}/healthz", p.http);
+    eventually("process serving", async || {
+        reqwest::get(&url)
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    // Something admitted, so there is state to hand off.
+    let _ = client(&p).await.should_rate_limit(req("fast", 1)).await;
+    let sent = Command::new("kill")
+        .args(["-TERM", &p.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while p.child.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "did not exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        text.contains("no peer is connected, so no peer acknowledged"),
+        "the log says no peer took the state:\n{text}"
+    );
+    assert!(
+        !text.contains("handoff complete"),
+        "no handoff is claimed:\n{text}"
+    );
+}
