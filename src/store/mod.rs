@@ -178,6 +178,19 @@ struct Shard {
     acked: Side<(u64, u64)>,
     /// Fair-share mode: the local share of each key touched since the mode began.
     fair: Side<FairShare>,
+    /// The latest time a decision on this shard used. A request reads the clock before it
+    /// takes the lock, so another may have decided at a later time meanwhile; deciding at the
+    /// earlier time would read the later one's consumption as debt beyond the cap and forgive
+    /// it (admitting the difference again). Decisions use at least this time instead.
+    latest: i64,
+}
+
+impl Shard {
+    /// `now`, or the latest time this shard has decided at if that is later; remembered.
+    fn decide_at(&mut self, now: i64) -> i64 {
+        self.latest = self.latest.max(now);
+        self.latest
+    }
 }
 
 /// How replication constrains local decisions right now; read once per request.
@@ -388,6 +401,11 @@ impl Store {
             .collect();
         let mut overflow: Option<MutexGuard<'_, Shard>> = None;
         let mode = self.mode();
+        // One time for the whole request: the latest any of its shards has decided at.
+        let now = guards.iter_mut().fold(now, |now, (_, g)| g.decide_at(now));
+        for (_, g) in guards.iter_mut() {
+            g.decide_at(now);
+        }
 
         // Where each charge lives (and where its entry is, if it has one), and whether it fits.
         // A position is valid until its table changes: the second pass looks again once it

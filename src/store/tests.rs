@@ -236,6 +236,24 @@ fn changed_keys_are_tracked_for_replication_only_when_asked() {
 }
 
 #[test]
+fn a_request_that_read_the_clock_before_a_later_one_forgives_nothing() {
+    // 100 tokens, 1,000/s: drained at t2 the bucket is full again 100 ms later. A request that
+    // read the clock 150 ms earlier and reached the lock only now used to see that as debt
+    // beyond the cap (one capacity) and forgive it, handing 50 tokens back at t2.
+    let s = store();
+    let l = Limit::new(100, 1_000, Unit::Second).expect("valid");
+    let t2 = T0 + 1_000_000_000;
+    let drained = s.decide(&[charge("hot", l, 100)], t2);
+    assert!(drained[0].charged);
+    let stale = s.decide(&[charge("hot", l, 1)], t2 - 150_000_000);
+    assert!(!stale[0].charged, "nothing is left at any time up to t2");
+    let again = (0..100)
+        .filter(|_| s.decide(&[charge("hot", l, 1)], t2)[0].charged)
+        .count();
+    assert_eq!(again, 0, "no token came back at t2");
+}
+
+#[test]
 fn many_threads_on_one_key_never_admit_more_than_capacity_plus_refill() {
     let s = Arc::new(store());
     let l = Limit::new(100, 1_000, Unit::Second).expect("valid");
