@@ -15,9 +15,13 @@ pub const LOG_EVERY: Duration = Duration::from_secs(300);
 pub enum Say {
     Nothing,
     /// Warn: this many exports failed since the last line (this one included).
-    Failing { failed: u64 },
+    Failing {
+        failed: u64,
+    },
     /// Say that exports work again after this many failures.
-    Recovered { failed: u64 },
+    Recovered {
+        failed: u64,
+    },
 }
 
 #[derive(Debug)]

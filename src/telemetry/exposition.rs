@@ -331,7 +331,10 @@ mod tests {
         let s = parse(text).expect("parses");
         assert_eq!(s.families.len(), 3);
         let requests = s.family("tollgate_requests_total").expect("present");
-        assert_eq!(requests.help, "ShouldRateLimit calls answered, by gRPC code.");
+        assert_eq!(
+            requests.help,
+            "ShouldRateLimit calls answered, by gRPC code."
+        );
         assert_eq!(
             requests.points,
             Points::Counter(vec![

@@ -171,7 +171,10 @@ impl Pusher {
             .map_err(|_| PushError::Timeout(timeout))?
     }
 
-    async fn export(&mut self, requests: Vec<ExportMetricsServiceRequest>) -> Result<(), PushError> {
+    async fn export(
+        &mut self,
+        requests: Vec<ExportMetricsServiceRequest>,
+    ) -> Result<(), PushError> {
         for request in requests {
             let answer = self.client.export(request).await?.into_inner();
             if let Some(partial) = answer.partial_success {

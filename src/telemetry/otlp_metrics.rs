@@ -233,7 +233,10 @@ tollgate_request_duration_seconds_count 12
         let resource = req.resource_metrics[0].resource.as_ref().expect("resource");
         let attrs: Vec<_> = resource.attributes.iter().map(string).collect();
         assert!(attrs.contains(&("service.name", "tollgate")), "{attrs:?}");
-        assert!(attrs.contains(&("service.instance.id", "node-a")), "{attrs:?}");
+        assert!(
+            attrs.contains(&("service.instance.id", "node-a")),
+            "{attrs:?}"
+        );
     }
 
     #[test]
@@ -241,7 +244,10 @@ tollgate_request_duration_seconds_count 12
         let req = only_request(&parse(EXPOSITION).expect("parses"));
         let m = &metrics(&req)[0];
         assert_eq!(m.name, "tollgate_requests_total");
-        assert_eq!(m.description, "ShouldRateLimit calls answered, by gRPC code.");
+        assert_eq!(
+            m.description,
+            "ShouldRateLimit calls answered, by gRPC code."
+        );
         let Some(metric::Data::Sum(sum)) = &m.data else {
             panic!("a sum: {m:?}")
         };
@@ -251,7 +257,10 @@ tollgate_request_duration_seconds_count 12
             AggregationTemporality::Cumulative as i32
         );
         let ok = &sum.data_points[0];
-        assert_eq!(ok.attributes.iter().map(string).collect::<Vec<_>>(), [("code", "OK")]);
+        assert_eq!(
+            ok.attributes.iter().map(string).collect::<Vec<_>>(),
+            [("code", "OK")]
+        );
         assert_eq!(ok.value, Some(number_data_point::Value::AsInt(12)));
         assert_eq!(ok.start_time_unix_nano, TIMES.start_ns);
         assert_eq!(ok.time_unix_nano, TIMES.now_ns);

@@ -126,7 +126,10 @@ mod tests {
             "15s",
         ])
         .expect("valid");
-        assert_eq!(s.otlp_metrics_endpoint.as_deref(), Some("http://127.0.0.1:4317"));
+        assert_eq!(
+            s.otlp_metrics_endpoint.as_deref(),
+            Some("http://127.0.0.1:4317")
+        );
         assert_eq!(s.otlp_metrics_interval, std::time::Duration::from_secs(15));
     }
 
@@ -134,7 +137,10 @@ mod tests {
     fn a_metrics_interval_outside_one_second_to_one_hour_is_refused() {
         for bad in ["500ms", "0s", "2h"] {
             let err = resolve(&["--otlp-metrics-interval", bad]).unwrap_err();
-            assert!(err.contains("otlp_metrics_interval must be between 1s and 1h"), "{err}");
+            assert!(
+                err.contains("otlp_metrics_interval must be between 1s and 1h"),
+                "{err}"
+            );
             assert!(err.contains(bad), "{err}");
         }
         let err = resolve(&["--otlp-metrics-interval", "soon"]).unwrap_err();
@@ -145,7 +151,10 @@ mod tests {
     fn a_metrics_endpoint_must_be_a_plaintext_url() {
         for bad in ["collector:4317", "https://collector:4317"] {
             let err = resolve(&["--otlp-metrics-endpoint", bad]).unwrap_err();
-            assert!(err.contains("otlp_metrics_endpoint must be an http:// URL"), "{err}");
+            assert!(
+                err.contains("otlp_metrics_endpoint must be an http:// URL"),
+                "{err}"
+            );
             assert!(err.contains(&format!("'{bad}'")), "{err}");
         }
     }

@@ -137,3 +137,17 @@ def test_an_unreachable_collector_costs_no_request_and_is_counted_and_logged_onc
     log = server.log()
     assert log.count("OTLP metrics export failed") == 1, log
     assert nobody in log
+
+
+def test_the_final_counts_are_pushed_on_shutdown(tollgate, receiver) -> None:
+    # An hour between pushes: the only push this test can see is the one made when stopping.
+    server = tollgate(
+        RATELIMIT_CONFIG,
+        extra_args=["--otlp-metrics-endpoint", receiver.endpoint, "--otlp-metrics-interval", "1h"],
+    )
+    ask(server.grpc_port, REQUESTS)
+    assert receiver.points() == []
+    assert server.stop() == 0
+    points = receiver.wait_for_points(lambda ps: bool(ps), "the push made at shutdown", timeout=5)
+    assert len(by_export(points)) == 1
+    assert requests_ok(points) == REQUESTS
