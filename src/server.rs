@@ -233,9 +233,11 @@ pub async fn start_with_clock(
     });
 
     let http_stop = CancellationToken::new();
+    let scrape = http::scrape::ScrapeGate::default();
     let app = http::router(HttpState {
         limiter: limiter.clone(),
         readiness: readiness.clone(),
+        scrape: scrape.clone(),
     });
     let http = tokio::spawn(listener::serve_http(
         crate::tls::Listener::new(
@@ -265,6 +267,7 @@ pub async fn start_with_clock(
         .spawn(background.clone())
         .context("cannot start the config reload thread")?;
     }
+    let metrics_push = crate::telemetry::MetricsPush::start(&settings, limiter.clone(), scrape)?;
     info!(%grpc_addr, %http_addr, "tollgate serving");
 
     let done = tokio::spawn({
@@ -310,6 +313,9 @@ pub async fn start_with_clock(
             if let Some(r) = replicator {
                 r.hand_off(timeout).await;
                 r.stop().await;
+            }
+            if let Some(p) = metrics_push {
+                p.stop().await;
             }
             if let Some(t) = telemetry {
                 t.shutdown().await;

@@ -246,6 +246,9 @@ pub struct Settings {
     pub http_tls_client_ca: Option<PathBuf>,
     pub otlp_endpoint: Option<String>,
     pub otlp_sampling_ratio: f64,
+    pub otlp_metrics_endpoint: Option<String>,
+    #[serde(deserialize_with = "de_duration")]
+    pub otlp_metrics_interval: Duration,
     // envoyproxy/ratelimit's switches (`reference_settings`).
     pub shadow_mode: bool,
     pub quota_mode: bool,
@@ -307,6 +310,8 @@ impl Default for Settings {
             http_tls_client_ca: None,
             otlp_endpoint: None,
             otlp_sampling_ratio: 1.0,
+            otlp_metrics_endpoint: None,
+            otlp_metrics_interval: Duration::from_secs(60),
             shadow_mode: false,
             quota_mode: false,
             response_headers: false,

@@ -2,7 +2,7 @@
 //! clients that are not Envoy, `/rlconfig` to see what is being served.
 
 pub mod json;
-mod scrape;
+pub mod scrape;
 
 use std::sync::Arc;
 
@@ -22,10 +22,12 @@ use crate::rls;
 pub struct HttpState {
     pub limiter: Arc<Limiter>,
     pub readiness: Arc<Readiness>,
+    /// Shared with the OTLP metrics push, so the two never render at once.
+    pub scrape: scrape::ScrapeGate,
 }
 
 pub fn router(state: HttpState) -> Router {
-    let gate = scrape::ScrapeGate::default();
+    let gate = state.scrape.clone();
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -192,6 +192,7 @@ fn describe(r: &PrometheusRecorder) {
         d("tollgate_tls_handshake_failures_total", "TLS handshakes refused or timed out, by listener."),
         d("tollgate_global_shadow_mode_total", "Requests over a limit answered OK because global shadow mode is on."),
         d("tollgate_detailed_series_dropped_total", "Hits not given a per-value series because their rule reached its label cap."),
+        d("tollgate_otlp_metrics_exports_total", "Pushes of these metrics over OTLP (--otlp-metrics-endpoint), by result."),
     ];
     for (name, help) in counters {
         r.describe_counter(name, None, help);

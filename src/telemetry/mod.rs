@@ -1,6 +1,7 @@
 //! OpenTelemetry traces over OTLP/gRPC: a span per ShouldRateLimit ([`request`]), parented to
 //! the caller's W3C `traceparent`, and the spans of background work (config and certificate
-//! reloads, peer resyncs) through `tracing-opentelemetry`.
+//! reloads, peer resyncs) through `tracing-opentelemetry`. And, apart from traces, the
+//! `/metrics` series pushed over OTLP/gRPC at an interval ([`metrics_push`]).
 //!
 //! Off unless `--otlp-endpoint` is given, and then nothing at all is done per request: the RLS
 //! handler holds no tracer and takes the same path as before.
@@ -10,7 +11,11 @@
 //! from a thread of its own, where tonic finds no tokio reactor; [`on_runtime::OnRuntime`] runs
 //! each export on the server's runtime instead.
 
+mod export_log;
+pub mod exposition;
+mod metrics_push;
 mod on_runtime;
+pub mod otlp_metrics;
 pub mod request;
 pub mod settings;
 
@@ -24,6 +29,7 @@ use opentelemetry_sdk::Resource;
 
 use crate::settings::Settings;
 
+pub use metrics_push::MetricsPush;
 pub use request::RequestTracer;
 
 /// How long one export may take before it is abandoned (the spans of that batch are lost).
@@ -33,6 +39,8 @@ const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum TelemetryError {
     #[error("--otlp-endpoint {endpoint}: {reason}")]
     Exporter { endpoint: String, reason: String },
+    #[error("--otlp-metrics-endpoint {endpoint}: {reason}")]
+    MetricsEndpoint { endpoint: String, reason: String },
 }
 
 /// The tracer provider of one server: owns the export pipeline, flushed on shutdown.

@@ -43,7 +43,12 @@ ALL_ON: dict = {
         "tls": {"enabled": True, "secretName": "tollgate-peer-tls"},
     },
     "grpcTls": {"enabled": True, "secretName": "tollgate-serving-tls"},
-    "otlp": {"endpoint": "http://otel-collector.observability:4317", "samplingRatio": 0.1},
+    "otlp": {
+        "endpoint": "http://otel-collector.observability:4317",
+        "samplingRatio": 0.1,
+        "metricsEndpoint": "http://otel-collector.observability:4317",
+        "metricsInterval": "30s",
+    },
     "service": {"annotations": {"example.com/owner": "edge"}},
     "peerService": {"annotations": {"example.com/owner": "edge"}},
     "serviceAccount": {"annotations": {"example.com/role": "tollgate"}},

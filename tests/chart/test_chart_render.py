@@ -471,14 +471,26 @@ def test_otlp_endpoint_and_sampling_ratio_become_flags():
     assert not [a for a in container(render())["args"] if a.startswith("--otlp")]
 
 
+def test_otlp_metrics_endpoint_and_interval_become_flags_apart_from_traces():
+    docs = render({"otlp": {"metricsEndpoint": "http://otel-collector.observability:4317", "metricsInterval": "15s"}})
+    args = container(docs)["args"]
+    assert flag(args, "otlp-metrics-endpoint") == "http://otel-collector.observability:4317"
+    assert flag(args, "otlp-metrics-interval") == "15s"
+    assert not [a for a in args if a.startswith(("--otlp-endpoint", "--otlp-sampling-ratio"))]
+    defaults = container(render({"otlp": {"metricsEndpoint": "http://c:4317"}}))["args"]
+    assert flag(defaults, "otlp-metrics-interval") == "60s"
+
+
 @pytest.mark.parametrize(
     "bad, complaint",
     [
         ({"otlp": {"endpoint": "otel-collector:4317"}}, "/otlp/endpoint"),
         ({"otlp": {"samplingRatio": 2}}, "/otlp/samplingRatio"),
+        ({"otlp": {"metricsEndpoint": "https://otel-collector:4317"}}, "/otlp/metricsEndpoint"),
+        ({"otlp": {"metricsInterval": "soon"}}, "/otlp/metricsInterval"),
         ({"grpcTls": {"certFile": "x"}}, "certFile"),
     ],
-    ids=["endpoint-not-a-url", "ratio-over-one", "unknown-key"],
+    ids=["endpoint-not-a-url", "ratio-over-one", "metrics-endpoint-https", "interval-not-a-duration", "unknown-key"],
 )
 def test_schema_rejects_bad_tls_and_otlp_values(bad, complaint):
     h = helm()
