@@ -64,8 +64,9 @@ impl<'a> Decision<'a> {
         let mut outcomes = ls.iter().map(|l| self.limited(l));
         let first = outcomes.next();
         let pick = outcomes.fold(first, |best, o| match best {
-            Some(b) if (!b.over, b.remaining, std::cmp::Reverse(b.reset_ns))
-                <= (!o.over, o.remaining, std::cmp::Reverse(o.reset_ns)) =>
+            Some(b)
+                if (!b.over, b.remaining, std::cmp::Reverse(b.reset_ns))
+                    <= (!o.over, o.remaining, std::cmp::Reverse(o.reset_ns)) =>
             {
                 Some(b)
             }

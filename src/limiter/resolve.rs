@@ -104,7 +104,9 @@ pub(crate) fn resolve<'a>(
     let replaced: SmallVec<[&str; 4]> = matched
         .iter()
         .filter_map(|m| match m {
-            Matched::Rules(_, r) => Some(r.iter().flat_map(|r| r.replaces.iter().map(String::as_str))),
+            Matched::Rules(_, r) => {
+                Some(r.iter().flat_map(|r| r.replaces.iter().map(String::as_str)))
+            }
             _ => None,
         })
         .flatten()
@@ -128,7 +130,9 @@ pub(crate) fn resolve<'a>(
                 })
             }
             Matched::Override(o) => r.override_plan(index, d, o, hits)?,
-            Matched::Rules(first, rules) => r.rules_plan(index, d, first, rules, &replaced, hits)?,
+            Matched::Rules(first, rules) => {
+                r.rules_plan(index, d, first, rules, &replaced, hits)?
+            }
         };
         resolved.plans.push(plan);
     }

@@ -46,8 +46,8 @@ descriptors:
 "#;
 
 fn limiter() -> (Limiter, ManualClock) {
-    let config = RateLimitConfig::from_files(&[("t.yaml".into(), CONFIG.into())])
-        .expect("valid config");
+    let config =
+        RateLimitConfig::from_files(&[("t.yaml".into(), CONFIG.into())]).expect("valid config");
     let clock = ManualClock::new(T0);
     let store = Arc::new(Store::new(StoreConfig::default(), ReplicaId(0)));
     let limiter = Limiter::new(
@@ -84,7 +84,11 @@ fn ask(l: &Limiter, descriptors: Vec<RateLimitDescriptor>) -> (i32, Vec<(i32, u3
         .statuses
         .iter()
         .map(|s| {
-            let name = s.current_limit.as_ref().map(|c| c.name.clone()).unwrap_or_default();
+            let name = s
+                .current_limit
+                .as_ref()
+                .map(|c| c.name.clone())
+                .unwrap_or_default();
             (s.code, s.limit_remaining, name)
         })
         .collect();
@@ -153,7 +157,10 @@ fn a_quota_descriptor_with_several_limits_counts_once_and_is_over_if_any_is() {
     // Beside an over quota descriptor, a within one makes the request pass.
     let (code, _) = ask(
         &l,
-        vec![desc("quota", "q", None, false), desc("quota", "r", None, false)],
+        vec![
+            desc("quota", "q", None, false),
+            desc("quota", "r", None, false),
+        ],
     );
     assert_eq!(code, OK);
 }
@@ -170,7 +177,10 @@ fn refunds_give_back_what_is_in_use_and_no_more() {
     for _ in 0..3 {
         ask(&l, vec![desc("streams", "s", None, true)]);
     }
-    assert_eq!(ask(&l, vec![desc("streams", "s", Some(0), false)]).1[0].1, 2);
+    assert_eq!(
+        ask(&l, vec![desc("streams", "s", Some(0), false)]).1[0].1,
+        2
+    );
 }
 
 #[test]
@@ -214,7 +224,10 @@ fn a_multi_unit_period_refills_over_the_whole_period() {
     let limit = resp.statuses[0].current_limit.clone().expect("limited");
     assert_eq!((limit.requests_per_unit, limit.unit), (20, 2));
     assert_eq!(
-        resp.statuses[0].duration_until_reset.as_ref().map(|d| d.seconds),
+        resp.statuses[0]
+            .duration_until_reset
+            .as_ref()
+            .map(|d| d.seconds),
         Some(30)
     );
     clock.advance(Duration::from_secs(3));

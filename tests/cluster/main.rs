@@ -13,5 +13,5 @@ mod ports;
 mod processes;
 mod restart;
 mod sync;
-mod token_budget;
 mod tls;
+mod token_budget;

@@ -49,7 +49,11 @@ async fn usage_reported_to_one_node_is_enforced_by_the_pre_checks_of_the_others(
     let mut c = Cluster::start_with_config(3, BUDGET, |_| {}).await;
     // 1,000 tokens a minute, 300 a call: pre-checks on n0, reports on n1.
     for call in 1..=4u32 {
-        assert_eq!(precheck(&mut c.nodes[0], "alice").await.0, OK, "call {call}");
+        assert_eq!(
+            precheck(&mut c.nodes[0], "alice").await.0,
+            OK,
+            "call {call}"
+        );
         send(&mut c.nodes[1], ask("user", "alice", Some(300), false)).await;
         // Within the replication delay n0 sees the report.
         let left = 1000u32.saturating_sub(300 * call);

@@ -69,7 +69,10 @@ async fn a_usage_report_beyond_what_is_left_is_charged_and_answered_over() {
     h.ask(user("ann", 1_000_000)).await;
     let read = h.ask(user("ann", 0)).await;
     assert_eq!(
-        read.statuses[0].duration_until_reset.as_ref().map(|d| d.seconds),
+        read.statuses[0]
+            .duration_until_reset
+            .as_ref()
+            .map(|d| d.seconds),
         Some(120)
     );
 }
@@ -112,14 +115,25 @@ async fn several_limits_all_must_pass_and_the_status_reports_the_most_restrictiv
     // The fourth is over the per-second limit: refused, and the hourly one is not charged.
     let fourth = h.ask(tenant("acme")).await;
     assert_eq!(fourth.overall_code, OVER);
-    assert_eq!(fourth.statuses[0].current_limit.as_ref().map(|l| l.unit), Some(SECOND));
+    assert_eq!(
+        fourth.statuses[0].current_limit.as_ref().map(|l| l.unit),
+        Some(SECOND)
+    );
     // A second later the per-second limit is full (3) and the hourly one has 2 left, not 1:
     // now the hourly one is the most restrictive.
     h.clock.advance(Duration::from_secs(1));
-    let read = h.ask(request("llm", vec![with_hits(desc(&[("tenant", "acme")]), 0)])).await;
+    let read = h
+        .ask(request(
+            "llm",
+            vec![with_hits(desc(&[("tenant", "acme")]), 0)],
+        ))
+        .await;
     let s = &read.statuses[0];
     assert_eq!(s.limit_remaining, 2);
-    assert_eq!(s.current_limit.as_ref().map(|l| l.name.as_str()), Some("tenant_hourly"));
+    assert_eq!(
+        s.current_limit.as_ref().map(|l| l.name.as_str()),
+        Some("tenant_hourly")
+    );
     // Two more pass; then the hourly limit refuses although the per-second one has room.
     h.ask(tenant("acme")).await;
     h.ask(tenant("acme")).await;
@@ -127,7 +141,10 @@ async fn several_limits_all_must_pass_and_the_status_reports_the_most_restrictiv
     let over = h.ask(tenant("acme")).await;
     assert_eq!(over.overall_code, OVER);
     assert_eq!(
-        over.statuses[0].current_limit.as_ref().map(|l| l.name.as_str()),
+        over.statuses[0]
+            .current_limit
+            .as_ref()
+            .map(|l| l.name.as_str()),
         Some("tenant_hourly")
     );
 }
@@ -135,16 +152,27 @@ async fn several_limits_all_must_pass_and_the_status_reports_the_most_restrictiv
 #[tokio::test]
 async fn a_period_of_five_minutes_refills_over_five_minutes_and_reports_the_rate_per_minute() {
     let mut h = Harness::start(CONFIG).await;
-    let ask = |hits| request("llm", vec![with_hits(desc(&[("five_minutes", "bob")]), hits)]);
+    let ask = |hits| {
+        request(
+            "llm",
+            vec![with_hits(desc(&[("five_minutes", "bob")]), hits)],
+        )
+    };
     let full = h.ask(ask(1000)).await;
     assert_eq!(full.overall_code, OK);
     // What Envoy's x-ratelimit-limit is built from: the same rate in a whole unit.
     assert_eq!(
-        full.statuses[0].current_limit.as_ref().map(|l| (l.requests_per_unit, l.unit)),
+        full.statuses[0]
+            .current_limit
+            .as_ref()
+            .map(|l| (l.requests_per_unit, l.unit)),
         Some((200, MINUTE))
     );
     assert_eq!(
-        full.statuses[0].duration_until_reset.as_ref().map(|d| d.seconds),
+        full.statuses[0]
+            .duration_until_reset
+            .as_ref()
+            .map(|d| d.seconds),
         Some(300)
     );
     // One minute refills a fifth: 200 tokens.
@@ -152,7 +180,10 @@ async fn a_period_of_five_minutes_refills_over_five_minutes_and_reports_the_rate
     assert_eq!(h.remaining("llm", &[("five_minutes", "bob")]).await, 200);
 }
 
-fn stream(name: &str, negative: bool) -> envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest {
+fn stream(
+    name: &str,
+    negative: bool,
+) -> envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest {
     let mut d = desc(&[("streams", name)]);
     d.is_negative_hits = negative;
     request("llm", vec![d])
@@ -189,7 +220,8 @@ async fn a_refund_on_a_rule_that_does_not_take_them_is_refused_naming_the_rule()
         .expect_err("refused");
     assert_eq!(s.code(), GrpcCode::InvalidArgument);
     assert!(
-        s.message().contains("is_negative_hits is not supported on rule 'llm.plain_user'")
+        s.message()
+            .contains("is_negative_hits is not supported on rule 'llm.plain_user'")
             && s.message().contains("allow_refunds"),
         "{}",
         s.message()
@@ -204,7 +236,10 @@ async fn a_budget_in_debt_rejects_the_whole_request_and_charges_its_plain_limits
     h.ask(user("eve", 1500)).await;
     let both = request(
         "llm",
-        vec![with_hits(desc(&[("user", "eve")]), 0), desc(&[("plain_user", "eve")])],
+        vec![
+            with_hits(desc(&[("user", "eve")]), 0),
+            desc(&[("plain_user", "eve")]),
+        ],
     );
     let answer = h.ask(both).await;
     assert_eq!(answer.overall_code, OVER);
@@ -224,7 +259,11 @@ fn check_config_accepts_the_budget_keys_and_refuses_bad_ones_with_where() {
         .arg(&good)
         .output()
         .expect("runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let bad = dir.path().join("bad.yaml");
     std::fs::write(
         &bad,
@@ -238,6 +277,12 @@ fn check_config_accepts_the_budget_keys_and_refuses_bad_ones_with_where() {
         .expect("runs");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.yaml") && err.contains("unit_multiplier must be"), "{err}");
-    assert!(err.contains("rate_limit and rate_limits cannot both be set"), "{err}");
+    assert!(
+        err.contains("bad.yaml") && err.contains("unit_multiplier must be"),
+        "{err}"
+    );
+    assert!(
+        err.contains("rate_limit and rate_limits cannot both be set"),
+        "{err}"
+    );
 }

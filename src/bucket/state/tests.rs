@@ -231,7 +231,10 @@ fn a_limit_stays_twelve_bytes_and_refuses_a_zero_or_too_long_period() {
     assert!(Limit::over(1, 1, Unit::Year, 100).is_some());
     assert_eq!(Limit::over(1, 1, Unit::Year, 101), None);
     assert_eq!(Limit::over(1, 1, Unit::Year, u16::MAX), None);
-    assert_eq!(Limit::new(5, 5, Unit::Hour).map(|l| l.multiplier()), Some(1));
+    assert_eq!(
+        Limit::new(5, 5, Unit::Hour).map(|l| l.multiplier()),
+        Some(1)
+    );
 }
 
 #[test]

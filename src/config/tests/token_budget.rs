@@ -72,7 +72,10 @@ fn rate_limit_and_rate_limits_together_are_refused() {
 #[test]
 fn an_empty_rate_limits_list_is_refused() {
     let msg = only_message("domain: d\ndescriptors:\n  - key: k\n    rate_limits: []\n");
-    assert!(msg.contains("rate_limits must list at least one limit"), "{msg}");
+    assert!(
+        msg.contains("rate_limits must list at least one limit"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -80,7 +83,10 @@ fn a_bad_entry_of_rate_limits_is_named_by_its_place() {
     let msg = only_message(
         "domain: d\ndescriptors:\n  - key: k\n    rate_limits:\n      - {unit: second, requests_per_unit: 1}\n      - {unit: fortnight, requests_per_unit: 1}\n",
     );
-    assert!(msg.contains("'fortnight'") && msg.contains("rate_limits[1]"), "{msg}");
+    assert!(
+        msg.contains("'fortnight'") && msg.contains("rate_limits[1]"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -157,7 +163,8 @@ fn rules_without_the_new_keys_keep_their_ids_and_fingerprint() {
 
 #[test]
 fn each_new_key_changes_the_fingerprint_and_the_period_changes_the_id() {
-    let base = "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: minute, requests_per_unit: 5";
+    let base =
+        "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: minute, requests_per_unit: 5";
     let with = |extra: &str| config(&format!("{base}{extra}}}\n"));
     let plain = with("");
     for extra in [
@@ -177,12 +184,17 @@ fn each_new_key_changes_the_fingerprint_and_the_period_changes_the_id() {
 fn the_dump_shows_the_new_keys() {
     let dump = config(BUDGET).render();
     assert!(
-        dump.contains("llm.user: unit=SECOND, requests_per_unit=100, rate_limits[0], shadow_mode=false"),
+        dump.contains(
+            "llm.user: unit=SECOND, requests_per_unit=100, rate_limits[0], shadow_mode=false"
+        ),
         "{dump}"
     );
     assert!(
         dump.contains("llm.user: unit=MINUTE, requests_per_unit=1000, unit_multiplier=5, name=tokens, rate_limits[1], charge_over_limit=true"),
         "{dump}"
     );
-    assert!(dump.contains("llm.streams: unit=HOUR, requests_per_unit=3, allow_refunds=true"), "{dump}");
+    assert!(
+        dump.contains("llm.streams: unit=HOUR, requests_per_unit=3, allow_refunds=true"),
+        "{dump}"
+    );
 }
