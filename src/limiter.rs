@@ -2,15 +2,18 @@
 //! over this.
 //!
 //! A decision is four steps, each in its own module: `resolve` (pure: the request and the
-//! served config to what limits each descriptor, with every key derived in `keys`), `decide`
-//! (the store charges all buckets of the request at once, all or nothing), `account` (the
+//! served config to what limits each descriptor, with every key derived in `keys` and the
+//! limit Envoy is told in `period`), `decide` (the store charges all buckets of the request at
+//! once, all or nothing; usage charged after the fact and refunds in `after`), `account` (the
 //! metrics) and `rls::respond` (the Envoy response). A request with a descriptor over its limit
 //! charges none of its buckets: the caller is told to reject the whole request, so taking
 //! tokens from the other buckets would punish it twice.
 
 mod account;
+mod after;
 mod decide;
 mod keys;
+mod period;
 mod resolve;
 
 use std::collections::HashMap;
@@ -69,8 +72,9 @@ pub enum RequestError {
     },
     #[error("descriptor {index}: limit override has an unknown unit ({unit})")]
     UnknownUnit { index: usize, unit: i32 },
-    #[error("descriptor {index}: is_negative_hits is not supported (token buckets are never refilled by a request)")]
-    NegativeHits { index: usize },
+    /// A refund on a limit that does not take them (only rules with `allow_refunds` do).
+    #[error("descriptor {index}: is_negative_hits is not supported {on} (only a rule with rate_limit.allow_refunds: true takes refunds)")]
+    NegativeHits { index: usize, on: String },
 }
 
 /// The metrics of one rule (or of a domain's limit overrides).
@@ -121,7 +125,7 @@ impl Active {
                     stats: Arc::new(RuleStats::new(
                         metrics,
                         &rule.domain,
-                        limit_label(rule),
+                        &rule.label(),
                         rule_bucket(rule),
                     )),
                     detailed: rule.metric_path.as_ref().map(|_| {
@@ -171,12 +175,6 @@ pub struct DecisionOptions {
     pub response: ResponseOptions,
 }
 
-/// The metrics label of a rule: its name, or its descriptor path as the reference service's
-/// stats key (`key1_value1.subkey1`).
-fn limit_label(rule: &Rule) -> &str {
-    rule.name.as_deref().unwrap_or(&rule.stats_key)
-}
-
 /// The bucket parameters of a rule, `None` when it has no bucket (unlimited, or blocking all).
 fn rule_bucket(rule: &Rule) -> Option<Limit> {
     match rule.limit {
@@ -185,7 +183,13 @@ fn rule_bucket(rule: &Rule) -> Option<Limit> {
             requests_per_unit,
             unit,
             burst,
-        } => Limit::new(burst.unwrap_or(requests_per_unit), requests_per_unit, unit),
+            unit_multiplier,
+        } => Limit::over(
+            burst.unwrap_or(requests_per_unit),
+            requests_per_unit,
+            unit,
+            unit_multiplier,
+        ),
     }
 }
 
@@ -293,9 +297,6 @@ impl Limiter {
                     max: b.max_entries,
                 });
             }
-            if d.is_negative_hits {
-                return Err(RequestError::NegativeHits { index });
-            }
             for (j, e) in d.entries.iter().enumerate() {
                 for (what, s) in [("key", &e.key), ("value", &e.value)] {
                     if s.len() > b.max_bytes {
@@ -341,3 +342,6 @@ impl Limiter {
         self.metrics.live_keys.set(self.store.live_keys() as f64);
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,10 +1,12 @@
 //! Usage-style traffic against a real tollgate, in-process on ephemeral 127.0.0.1 ports and a
 //! manual clock that never moves: no refill, so every figure below is exact.
 //!
-//! What tollgate does today (no rule can charge usage into debt yet): a 0-hit pre-check passes
-//! while the bucket is not in debt, and a usage report larger than what is left is OVER_LIMIT
-//! and charges nothing. The tool's accounting must show exactly that: every call starts, the
-//! service's own count stays within the budget, and the rest of the usage is unenforced.
+//! On a plain rule a 0-hit pre-check passes while the bucket is not in debt, and a usage report
+//! larger than what is left is OVER_LIMIT and charges nothing. The tool's accounting must show
+//! exactly that: every call starts, the service's own count stays within the budget, and the
+//! rest of the usage is unenforced. On a `charge_over_limit` rule every report is charged and
+//! the pre-check refuses once the budget is spent: nothing is unenforced and the overrun stays
+//! within the tool's bound.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,12 +38,24 @@ struct Service {
     dir: PathBuf,
 }
 
+/// The same budget charged after the fact.
+const CHARGED_CONFIG: &str = "\
+domain: loadtest
+descriptors:
+  - key: user
+    rate_limit: { unit: day, requests_per_unit: 1000, charge_over_limit: true }
+";
+
 impl Service {
     async fn start(name: &str) -> Service {
+        Service::start_with(name, CONFIG).await
+    }
+
+    async fn start_with(name: &str, config: &str) -> Service {
         let dir =
             std::env::temp_dir().join(format!("tollgate-load-usage-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("config dir");
-        std::fs::write(dir.join("config.yaml"), CONFIG).expect("config written");
+        std::fs::write(dir.join("config.yaml"), config).expect("config written");
         let settings = Settings {
             config: Some(dir.clone()),
             grpc_addr: "127.0.0.1:0".parse().expect("addr"),
@@ -85,7 +99,7 @@ fn plan(target: String, calls: u64, concurrency: usize, keys: KeyDist, sizes: &s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn today_a_report_beyond_the_budget_charges_nothing_and_the_tool_shows_the_leak() {
+async fn on_a_plain_rule_a_report_beyond_the_budget_charges_nothing_and_the_tool_shows_the_leak() {
     let server = Service::start("leak").await;
     let p = plan(server.url(), 10, 1, KeyDist::Hot, "fixed:300");
     let result = usage::run(p.clone()).await.expect("run");
@@ -145,5 +159,28 @@ async fn the_services_own_count_stays_within_the_budget_on_every_key() {
     // About 3,000 tokens a key were used against a budget of 1,000: most of it uncounted.
     assert!(report.budget.total.unenforced > 5_000, "{report:?}");
     assert!(report.budget.total.charged_error <= 0.0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_charge_over_limit_rule_every_report_counts_and_the_pre_check_stops_the_leak() {
+    let server = Service::start_with("charged", CHARGED_CONFIG).await;
+    let mut p = plan(server.url(), 10, 1, KeyDist::Hot, "fixed:300");
+    p.charge_over_limit = true;
+    let result = usage::run(p.clone()).await.expect("run");
+    assert!(result.errors.is_empty(), "{:?}", result.errors);
+    // Three reports fit; the fourth call starts with 100 left and its report goes 200 into
+    // debt (answered over, charged); the six calls after it are refused at the pre-check.
+    assert_eq!((result.reports_ok, result.reports_over_limit), (3, 1));
+    let report = UsageReport::build(&p, result);
+    let t = &report.budget.total;
+    assert_eq!(
+        (t.usage.calls, t.usage.started, t.usage.refused),
+        (10, 4, 6)
+    );
+    assert_eq!((t.usage.used, t.usage.charged), (1_200, 1_200));
+    assert_eq!(t.unenforced, 0);
+    assert!((t.overrun - 200.0).abs() < 1.0, "{}", t.overrun);
+    assert!(t.overrun <= report.overrun_bound as f64, "enforced");
     server.stop().await;
 }

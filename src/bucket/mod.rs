@@ -31,7 +31,7 @@ mod usage;
 
 pub use fair::FairShare;
 pub use refunds::Refund;
-pub use state::{BucketState, Guard, Limit, Outcome, ReplicaId, Slot};
+pub use state::{BucketState, Guard, Limit, Outcome, ReplicaId, Slot, MAX_PERIOD_NS};
 
 /// Length of a `gen` slot: keys created within the same 30 s share a generation.
 pub const GEN_PERIOD_NS: i64 = 30_000_000_000;

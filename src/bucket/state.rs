@@ -5,26 +5,48 @@ use smallvec::SmallVec;
 use super::refunds::{Refund, Refunds};
 use crate::unit::Unit;
 
-/// Parameters of one bucket: capacity `C` tokens, refilled at `per_unit` tokens every unit.
+/// Parameters of one bucket: capacity `C` tokens, refilled at `per_unit` tokens every period,
+/// the period being `multiplier` units (`unit_multiplier`; 1 for a plain unit).
 ///
 /// Kept to 12 bytes because every live key stores its limit next to its state (GC and metrics
-/// must interpret a state without looking up a rule that a reload may have removed).
+/// must interpret a state without looking up a rule that a reload may have removed): the
+/// multiplier is a `u16` and fits in what was padding after the one-byte unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Limit {
     capacity: u32,
     per_unit: u32,
     unit: Unit,
+    multiplier: u16,
 }
+
+/// The longest period a limit may have: 100 years, so that the period in nanoseconds fits a
+/// `u64` with room (a year is 3.15e16 ns).
+pub const MAX_PERIOD_NS: u64 = 100 * 365 * 86_400 * 1_000_000_000;
 
 impl Limit {
     /// `None` when the limit admits nothing (`per_unit == 0` or `capacity == 0`): such a rule has
     /// no bucket, it blocks every request.
     pub fn new(capacity: u32, per_unit: u32, unit: Unit) -> Option<Limit> {
-        (capacity > 0 && per_unit > 0).then_some(Limit {
-            capacity,
-            per_unit,
-            unit,
-        })
+        Limit::over(capacity, per_unit, unit, 1)
+    }
+
+    /// A limit whose period is `multiplier` units (`unit_multiplier`). `None` also when the
+    /// multiplier is 0 or the period is longer than [`MAX_PERIOD_NS`].
+    pub fn over(capacity: u32, per_unit: u32, unit: Unit, multiplier: u16) -> Option<Limit> {
+        let period = unit.nanos().checked_mul(u64::from(multiplier))?;
+        (capacity > 0 && per_unit > 0 && multiplier > 0 && period <= MAX_PERIOD_NS).then_some(
+            Limit {
+                capacity,
+                per_unit,
+                unit,
+                multiplier,
+            },
+        )
+    }
+
+    /// Units in one period (`unit_multiplier`, 1 for a plain unit).
+    pub fn multiplier(&self) -> u16 {
+        self.multiplier
     }
 
     pub fn capacity(&self) -> u32 {
@@ -39,8 +61,9 @@ impl Limit {
         self.unit
     }
 
+    /// Length of the period: the unit times the multiplier (bounded by [`MAX_PERIOD_NS`]).
     pub fn unit_ns(&self) -> u64 {
-        self.unit.nanos()
+        self.unit.nanos() * u64::from(self.multiplier)
     }
 
     /// Tokens added per second (`r`).

@@ -8,7 +8,9 @@ use super::error::{ConfigError, ConfigErrors};
 use super::fingerprint::{fingerprint, rule_id};
 use super::matcher::{Level, Node};
 use super::model::{self, YamlDescriptor, YamlRateLimit, YamlRoot};
-use super::{BuildOptions, MetricLevel, MetricPath, RateLimitConfig, Rule, RuleLimit};
+use super::{
+    BuildOptions, MetricLevel, MetricPath, RateLimitConfig, Rule, RuleLimit, MAX_UNIT_MULTIPLIER,
+};
 use crate::unit::Unit;
 use std::collections::{HashMap, HashSet};
 
@@ -193,18 +195,12 @@ impl Builder<'_> {
                 value_to_metric: d.value_to_metric,
                 shared: d.share_threshold,
             });
-            let rule = d
-                .rate_limit
-                .as_ref()
-                .and_then(|rl| self.rule(rl, d, &stats_key))
-                .map(|rule| {
-                    self.rules.push(rule);
-                    self.rules.len() - 1
-                });
+            let (rule, rule_count) = self.rules_of(d, &stats_key);
             let node = Node {
                 key: key.into(),
                 value: value.map(Box::from),
                 rule,
+                rule_count,
                 children: self.level(&stats_key, children),
             };
             self.path.pop();
@@ -243,41 +239,130 @@ impl Builder<'_> {
         }
     }
 
-    /// The rule of one descriptor, or `None` (with errors recorded) when its rate_limit is bad.
-    fn rule(&mut self, rl: &YamlRateLimit, d: &YamlDescriptor, stats_key: &str) -> Option<Rule> {
-        let at = format!("in descriptor '{}'", self.full_path(stats_key));
-        let errors_before = self.errors.len();
-        let unit = rl.unit.as_deref().unwrap_or_default();
-        let name = rl.name.as_deref().filter(|n| !n.is_empty());
+    /// The rules of one descriptor, pushed to `self.rules`: the first one's index and how many
+    /// (`rate_limit` gives one, `rate_limits` one per entry); `(None, 0)` when it has none or
+    /// one of them is bad (with errors recorded).
+    fn rules_of(&mut self, d: &YamlDescriptor, stats_key: &str) -> (Option<usize>, usize) {
+        let list = match (&d.rate_limit, &d.rate_limits) {
+            (None, None) => return (None, 0),
+            (Some(rl), None) => {
+                let Some(rule) = self.rule(rl, d, stats_key, None) else {
+                    return (None, 0);
+                };
+                self.rules.push(rule);
+                return (Some(self.rules.len() - 1), 1);
+            }
+            (Some(_), Some(_)) => {
+                let msg = format!(
+                    "rate_limit and rate_limits cannot both be set (put every limit in \
+                     rate_limits) in descriptor '{}'",
+                    self.full_path(stats_key)
+                );
+                self.error(msg);
+                return (None, 0);
+            }
+            (None, Some(list)) => list,
+        };
+        if list.is_empty() {
+            let msg = format!(
+                "rate_limits must list at least one limit in descriptor '{}'",
+                self.full_path(stats_key)
+            );
+            self.error(msg);
+            return (None, 0);
+        }
+        let rules: Vec<Option<Rule>> = list
+            .iter()
+            .enumerate()
+            .map(|(i, rl)| self.rule(rl, d, stats_key, Some(i)))
+            .collect();
+        let Some(rules) = rules.into_iter().collect::<Option<Vec<Rule>>>() else {
+            return (None, 0);
+        };
+        let first = self.rules.len();
+        let count = rules.len();
+        self.rules.extend(rules);
+        (Some(first), count)
+    }
 
-        let limit = if rl.unlimited {
+    /// The limit of a `rate_limit` (or of one `rate_limits` entry), with errors recorded.
+    fn limit(&mut self, rl: &YamlRateLimit, at: &str) -> RuleLimit {
+        let unit = rl.unit.as_deref().unwrap_or_default();
+        if rl.unlimited {
             // As in the reference, only a valid unit is refused next to `unlimited`.
             if unit.parse::<Unit>().is_ok() {
                 self.error(format!(
                     "should not specify rate limit unit when unlimited {at}"
                 ));
             }
-            if rl.burst.is_some() {
-                self.error(format!("should not specify burst when unlimited {at}"));
-            }
-            RuleLimit::Unlimited
-        } else {
-            let unit = match unit.parse::<Unit>() {
-                Ok(unit) => unit,
-                Err(err) => {
-                    self.error(format!("{err} {at}"));
-                    Unit::Second
+            for (set, key) in [
+                (rl.burst.is_some(), "burst"),
+                (rl.unit_multiplier.is_some(), "unit_multiplier"),
+                (rl.charge_over_limit, "charge_over_limit"),
+                (rl.allow_refunds, "allow_refunds"),
+            ] {
+                if set {
+                    self.error(format!("should not specify {key} when unlimited {at}"));
                 }
-            };
-            if rl.burst == Some(0) {
-                self.error(format!("burst must be at least 1 {at}"));
             }
-            RuleLimit::Limited {
-                requests_per_unit: rl.requests_per_unit.unwrap_or(0),
-                unit,
-                burst: rl.burst,
+            return RuleLimit::Unlimited;
+        }
+        let unit = match unit.parse::<Unit>() {
+            Ok(unit) => unit,
+            Err(err) => {
+                self.error(format!("{err} {at}"));
+                Unit::Second
             }
         };
+        if rl.burst == Some(0) {
+            self.error(format!("burst must be at least 1 {at}"));
+        }
+        RuleLimit::Limited {
+            requests_per_unit: rl.requests_per_unit.unwrap_or(0),
+            unit,
+            burst: rl.burst,
+            unit_multiplier: self.unit_multiplier(rl.unit_multiplier, unit, at),
+        }
+    }
+
+    /// `unit_multiplier`: 1 to [`MAX_UNIT_MULTIPLIER`], with a period of at most 100 years.
+    fn unit_multiplier(&mut self, m: Option<u64>, unit: Unit, at: &str) -> u16 {
+        let Some(m) = m else { return 1 };
+        let period_ok = unit
+            .nanos()
+            .checked_mul(m)
+            .is_some_and(|p| p <= crate::bucket::MAX_PERIOD_NS);
+        match u16::try_from(m) {
+            Ok(m) if (1..=MAX_UNIT_MULTIPLIER).contains(&u64::from(m)) && period_ok => m,
+            _ => {
+                self.error(format!(
+                    "unit_multiplier must be a whole number from 1 to {MAX_UNIT_MULTIPLIER}, \
+                     with a period (unit x unit_multiplier) of at most 100 years, got {m} {at}"
+                ));
+                1
+            }
+        }
+    }
+
+    /// The rule of one `rate_limit` (`position`: its place in a `rate_limits` list), or `None`
+    /// (with errors recorded) when it is bad.
+    fn rule(
+        &mut self,
+        rl: &YamlRateLimit,
+        d: &YamlDescriptor,
+        stats_key: &str,
+        position: Option<usize>,
+    ) -> Option<Rule> {
+        let at = match position {
+            None => format!("in descriptor '{}'", self.full_path(stats_key)),
+            Some(i) => format!(
+                "in rate_limits[{i}] of descriptor '{}'",
+                self.full_path(stats_key)
+            ),
+        };
+        let errors_before = self.errors.len();
+        let name = rl.name.as_deref().filter(|n| !n.is_empty());
+        let limit = self.limit(rl, &at);
 
         let mut replaces = Vec::new();
         for r in rl.replaces.as_deref().unwrap_or_default() {
@@ -307,7 +392,10 @@ impl Builder<'_> {
             metadata,
             metric_path: self.metric_path(d.detailed_metric),
             replaces,
-            id: rule_id(self.domain, stats_key, name, &limit),
+            charge_over_limit: rl.charge_over_limit,
+            allow_refunds: rl.allow_refunds,
+            position,
+            id: rule_id(self.domain, stats_key, name, &limit, position),
         })
     }
 }

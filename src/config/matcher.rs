@@ -33,6 +33,9 @@ pub(crate) struct Node {
     pub(crate) value: Option<Box<str>>,
     /// Index into the config's rules; `None` for a placeholder or a whitelist entry.
     pub(crate) rule: Option<usize>,
+    /// How many rules from `rule` on are this descriptor's: 1, or the length of its
+    /// `rate_limits` list (they are consecutive in the config's rules).
+    pub(crate) rule_count: usize,
     pub(crate) children: Level,
 }
 
@@ -75,7 +78,7 @@ impl Level {
         self.nodes.get(index)
     }
 
-    /// The rule index for a whole request descriptor, walking one level per entry.
+    /// The rule index (and count) for a whole request descriptor, walking one level per entry.
     ///
     /// Depth-exact, as in the reference: only the node reached by the last entry counts, so a
     /// parent's limit never applies to a longer descriptor, and a walk that runs out of levels
@@ -83,7 +86,7 @@ impl Level {
     pub(crate) fn lookup<'b>(
         &self,
         entries: impl IntoIterator<Item = (&'b str, &'b str)>,
-    ) -> Option<usize> {
+    ) -> Option<(usize, usize)> {
         let mut level = Some(self);
         let mut reached = None;
         for (key, value) in entries {
@@ -91,6 +94,7 @@ impl Level {
             level = (!node.children.is_empty()).then_some(&node.children);
             reached = Some(node);
         }
-        reached?.rule
+        let node = reached?;
+        node.rule.map(|i| (i, node.rule_count))
     }
 }

@@ -33,14 +33,19 @@ use std::collections::HashMap;
 pub enum RuleLimit {
     /// `unlimited: true`: matched (and counted), never limited.
     Unlimited,
-    /// Refill `requests_per_unit` per `unit`, up to a capacity of `burst` (tollgate's
-    /// extension), or of `requests_per_unit` when no burst is given.
+    /// Refill `requests_per_unit` per `unit_multiplier` units, up to a capacity of `burst`
+    /// (tollgate's extensions), or of `requests_per_unit` when no burst is given.
     Limited {
         requests_per_unit: u32,
         unit: Unit,
         burst: Option<u32>,
+        /// Units in one period (1 unless `unit_multiplier` is set).
+        unit_multiplier: u16,
     },
 }
+
+/// The largest `unit_multiplier` a rule may set (the period is also bounded, to 100 years).
+pub const MAX_UNIT_MULTIPLIER: u64 = 1000;
 
 /// A configured descriptor that carries a `rate_limit`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,9 +73,28 @@ pub struct Rule {
     pub metric_path: Option<MetricPath>,
     /// Names of rules this one drops when both match the same request.
     pub replaces: Vec<String>,
+    /// `charge_over_limit`: hits are charged even beyond what is left (into debt, at most one
+    /// capacity), and a 0-hit query is over while the bucket holds less than one token.
+    pub charge_over_limit: bool,
+    /// `allow_refunds`: a descriptor with `is_negative_hits` gives its hits back.
+    pub allow_refunds: bool,
+    /// Its place in the descriptor's `rate_limits` list; `None` for a `rate_limit`.
+    pub position: Option<usize>,
     /// Stable hash of (domain, stats_key, name, limit incl. burst): an unchanged rule keeps its
     /// id across reloads, so its buckets survive; a changed one gets a new id and fresh buckets.
     pub id: u64,
+}
+
+impl Rule {
+    /// The `limit` label of its metrics: its name, else its stats key, with its place in a
+    /// `rate_limits` list (`key_value[1]`) so that the limits of one descriptor stay apart.
+    pub fn label(&self) -> std::borrow::Cow<'_, str> {
+        match (&self.name, self.position) {
+            (Some(name), _) => name.as_str().into(),
+            (None, None) => self.stats_key.as_str().into(),
+            (None, Some(i)) => format!("{}[{i}]", self.stats_key).into(),
+        }
+    }
 }
 
 /// The configured descriptors from the domain down to a rule, for labels built per request.
@@ -119,14 +143,15 @@ pub struct DomainRules<'a> {
 }
 
 impl<'a> DomainRules<'a> {
-    /// The rule for one request descriptor's entries, with its position in
-    /// [`RateLimitConfig::rules`] (per-rule state lives in vectors indexed the same way).
+    /// The rules for one request descriptor's entries (one, or a `rate_limits` list), with
+    /// the position of the first in [`RateLimitConfig::rules`] (per-rule state lives in
+    /// vectors indexed the same way).
     pub fn lookup<'b>(
         &self,
         entries: impl IntoIterator<Item = (&'b str, &'b str)>,
-    ) -> Option<(usize, &'a Rule)> {
-        let i = self.level.lookup(entries)?;
-        self.rules.get(i).map(|r| (i, r))
+    ) -> Option<(usize, &'a [Rule])> {
+        let (i, n) = self.level.lookup(entries)?;
+        self.rules.get(i..i + n).map(|r| (i, r))
     }
 }
 
@@ -164,7 +189,8 @@ impl RateLimitConfig {
         build::build(files, options)
     }
 
-    /// The rule for one request descriptor's entries `(key, value)`, in request order.
+    /// The rule for one request descriptor's entries `(key, value)`, in request order (the
+    /// first of a `rate_limits` list).
     pub fn lookup<'a, 'b>(
         &'a self,
         domain: &str,
@@ -173,7 +199,7 @@ impl RateLimitConfig {
         let Some(level) = self.domains.get(domain) else {
             return Match::UnknownDomain;
         };
-        match level.lookup(entries).and_then(|i| self.rules.get(i)) {
+        match level.lookup(entries).and_then(|(i, _)| self.rules.get(i)) {
             Some(rule) => Match::Rule(rule),
             None => Match::NoRule,
         }

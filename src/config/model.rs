@@ -38,6 +38,10 @@ pub(crate) struct YamlDescriptor {
     pub value: Option<String>,
     #[serde(default)]
     pub rate_limit: Option<YamlRateLimit>,
+    /// tollgate's extension: several limits on one descriptor, all of which must pass
+    /// (instead of `rate_limit`, never beside it).
+    #[serde(default)]
+    pub rate_limits: Option<Vec<YamlRateLimit>>,
     #[serde(default)]
     pub descriptors: Option<Vec<YamlDescriptor>>,
     #[serde(default, deserialize_with = "yaml11_bool")]
@@ -74,6 +78,18 @@ pub(crate) struct YamlRateLimit {
     /// tollgate's extension: bucket capacity, when it should differ from `requests_per_unit`.
     #[serde(default)]
     pub burst: Option<u32>,
+    /// tollgate's extension: the period is this many units (`unit: minute`,
+    /// `unit_multiplier: 5`: five minutes). Read wide so that the builder can say what range
+    /// it takes instead of a bare type error.
+    #[serde(default)]
+    pub unit_multiplier: Option<u64>,
+    /// tollgate's extension: hits are charged even beyond what is left (usage reported after
+    /// the fact), and a 0-hit query is over while the bucket is empty or in debt.
+    #[serde(default, deserialize_with = "yaml11_bool")]
+    pub charge_over_limit: bool,
+    /// tollgate's extension: `is_negative_hits` gives tokens back (concurrency limits).
+    #[serde(default, deserialize_with = "yaml11_bool")]
+    pub allow_refunds: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -248,6 +264,17 @@ mod tests {
         let d = &roots[0].descriptors.as_ref().unwrap()[0];
         assert_eq!(d.value.as_deref(), Some("429"));
         assert!(d.shadow_mode);
+    }
+
+    #[test]
+    fn token_budget_keys_are_read() {
+        let roots = parse_ok(
+            "domain: d\ndescriptors:\n  - key: k\n    rate_limits:\n      - {unit: minute, requests_per_unit: 9, unit_multiplier: 5, charge_over_limit: yes, allow_refunds: true}\n",
+        );
+        let d = &roots[0].descriptors.as_ref().unwrap()[0];
+        let rl = &d.rate_limits.as_ref().unwrap()[0];
+        assert_eq!(rl.unit_multiplier, Some(5));
+        assert!(rl.charge_over_limit && rl.allow_refunds);
     }
 
     #[test]

@@ -18,6 +18,7 @@ const DESCRIPTOR: &[&str] = &[
     "key",
     "value",
     "rate_limit",
+    "rate_limits",
     "descriptors",
     "shadow_mode",
     "detailed_metric",
@@ -33,6 +34,9 @@ const RATE_LIMIT: &[&str] = &[
     "name",
     "replaces",
     "burst",
+    "unit_multiplier",
+    "charge_over_limit",
+    "allow_refunds",
 ];
 const REPLACES: &[&str] = &["name"];
 /// Fields the reference reads as strings whatever scalar is written (`value: 429`).
@@ -113,6 +117,7 @@ fn clean(
         match name.as_str() {
             "descriptors" => each_mapping(value, &place, "descriptors", DESCRIPTOR, out),
             "replaces" => each_mapping(value, &place, "replaces", REPLACES, out),
+            "rate_limits" => each_mapping(value, &place, "rate_limits", RATE_LIMIT, out),
             "rate_limit" => {
                 if let Value::Mapping(m) = value {
                     clean(m, join(&place, "rate_limit"), RATE_LIMIT, out);

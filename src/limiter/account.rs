@@ -1,6 +1,7 @@
 //! Step three: what a decision adds to the metrics. Only atomic adds on handles resolved when
 //! the config was loaded (and, for per-request labels, on tallies published at scrape time).
 
+use super::after::Kind;
 use super::decide::Decision;
 use super::resolve::{Limited, Plan};
 use crate::metrics::Metrics;
@@ -15,8 +16,10 @@ pub(crate) fn account(metrics: &Metrics, d: &Decision<'_>, now: i64, near_ratio:
         metrics.global_shadow_mode.increment(1);
     }
     for plan in &d.plans {
-        if let Plan::Limited(l) = plan {
-            limited(metrics, d, l, now, near_ratio);
+        if let Plan::Limited(ls) = plan {
+            for l in ls {
+                limited(metrics, d, l, now, near_ratio);
+            }
         }
     }
 }
@@ -29,7 +32,8 @@ fn limited(metrics: &Metrics, d: &Decision<'_>, l: &Limited<'_>, now: i64, near_
     };
     let v = d.verdicts[c];
     let hits = d.asked[c];
-    if hits > 0 {
+    // A refund gives hits back: it is not a hit, over or within.
+    if hits > 0 && l.kind != Kind::Refund {
         let capacity = u64::from(d.charges[c].limit.capacity());
         let over = !v.within;
         let used = capacity - v.outcome.remaining.min(capacity);

@@ -3,6 +3,7 @@
 
 use smallvec::SmallVec;
 
+use super::after::{self, Kind};
 use super::resolve::{Limited, Plan, Resolved};
 use crate::config::Rule;
 use crate::store::{Charge, Store, Verdict};
@@ -52,7 +53,36 @@ impl<'a> Decision<'a> {
         self.plans.iter().map(|p| match p {
             Plan::NoLimit => Outcome::NoLimit,
             Plan::Unlimited(r) => Outcome::Unlimited(r),
-            Plan::Limited(l) => Outcome::Limited(self.limited(l)),
+            Plan::Limited(ls) => Outcome::Limited(self.most_restrictive(ls)),
+        })
+    }
+
+    /// Of a descriptor's limits (one, or a `rate_limits` list), the one its status reports:
+    /// an over one before any within, then the fewest tokens left, then the longest time until
+    /// the bucket is full again (the first of equals).
+    fn most_restrictive(&self, ls: &[Limited<'a>]) -> LimitedOutcome<'a> {
+        let mut outcomes = ls.iter().map(|l| self.limited(l));
+        let first = outcomes.next();
+        let pick = outcomes.fold(first, |best, o| match best {
+            Some(b)
+                if (!b.over, b.remaining, std::cmp::Reverse(b.reset_ns))
+                    <= (!o.over, o.remaining, std::cmp::Reverse(o.reset_ns)) =>
+            {
+                Some(b)
+            }
+            _ => Some(o),
+        });
+        // The resolver never makes an empty list; an empty one would read as blocked.
+        pick.unwrap_or(LimitedOutcome {
+            rule: None,
+            requests_per_unit: 0,
+            unit: Unit::Second,
+            over: true,
+            shadow: false,
+            quota: false,
+            remaining: 0,
+            reset_ns: 0,
+            retry_after_ns: 0,
         })
     }
 
@@ -108,17 +138,22 @@ pub(crate) fn decide<'a>(
         unknown_domain,
     } = resolved;
     let asked: SmallVec<[u64; 4]> = charges.iter().map(|c| c.hits).collect();
+    // Usage, pre-checks and refunds first (`after`): they apply whatever the other limits say,
+    // and a short bucket among them rejects the request.
+    let early = after::apply(store, &charges, &kinds_of(&plans, charges.len()), now);
     let count = Counts::of(&plans);
     // `requests_per_unit: 0` outside quota mode (or on every quota descriptor) rejects the
-    // request whatever the buckets say: they are only read.
+    // request whatever the buckets say: they are only read. So does a usage charge or
+    // pre-check that found its bucket short (on an enforced descriptor outside quota mode).
     let blocked = count.blocked || (count.quota > 0 && count.quota_blocked == count.quota);
-    if blocked {
+    let held = early_over(&plans, &early);
+    if blocked || held {
         for c in charges.iter_mut() {
             c.hits = 0;
         }
     }
-    let mut verdicts = store.decide(&charges, now);
-    if !blocked && count.quota > 0 {
+    let mut verdicts = after::admit(store, &charges, &early, now);
+    if !blocked && !held && count.quota > 0 {
         let over = Over::of(&plans, &verdicts);
         let quota_over = over.quota + count.quota_blocked;
         if !over.other && over.quota > 0 && quota_over < count.quota {
@@ -127,7 +162,7 @@ pub(crate) fn decide<'a>(
                     charges[c].enforce = false;
                 }
             }
-            verdicts = store.decide(&charges, now);
+            verdicts = after::admit(store, &charges, &early, now);
         }
     }
     let o = Over::of(&plans, &verdicts);
@@ -144,11 +179,37 @@ pub(crate) fn decide<'a>(
     }
 }
 
+/// Every limit of every descriptor.
 fn limited<'p, 'a>(plans: &'p [Plan<'a>]) -> impl Iterator<Item = &'p Limited<'a>> {
+    descriptors(plans).flatten()
+}
+
+/// The limits of each limited descriptor (one, or a `rate_limits` list; never empty).
+fn descriptors<'p, 'a>(plans: &'p [Plan<'a>]) -> impl Iterator<Item = &'p [Limited<'a>]> {
     plans.iter().filter_map(|p| match p {
-        Plan::Limited(l) => Some(l),
+        Plan::Limited(ls) if !ls.is_empty() => Some(ls.as_slice()),
         _ => None,
     })
+}
+
+/// How the store applies each of `n` charges.
+fn kinds_of(plans: &[Plan<'_>], n: usize) -> SmallVec<[Kind; 4]> {
+    let mut kinds: SmallVec<[Kind; 4]> = SmallVec::from_elem(Kind::Admit, n);
+    for l in limited(plans) {
+        if let Some(k) = l.charge.and_then(|c| kinds.get_mut(c)) {
+            *k = l.kind;
+        }
+    }
+    kinds
+}
+
+/// Whether a usage charge or pre-check found its bucket short on a descriptor that rejects
+/// the request by itself (enforced, outside quota mode).
+fn early_over(plans: &[Plan<'_>], early: &[Option<Verdict>]) -> bool {
+    limited(plans)
+        .filter(|l| !l.shadow && !l.quota)
+        .filter_map(|l| l.charge.and_then(|c| early.get(c).copied().flatten()))
+        .any(|v| !v.within)
 }
 
 /// Descriptors by kind, before the store is asked.
@@ -168,11 +229,13 @@ impl Counts {
             quota_blocked: 0,
             blocked: false,
         };
-        for l in limited(plans) {
-            if l.quota {
+        // Quota and shadow mode are the descriptor's, so all its limits share them.
+        for ls in descriptors(plans) {
+            let none = ls.iter().any(|l| l.charge.is_none());
+            if ls[0].quota {
                 c.quota += 1;
-                c.quota_blocked += usize::from(l.charge.is_none());
-            } else if !l.shadow && l.charge.is_none() {
+                c.quota_blocked += usize::from(none);
+            } else if !ls[0].shadow && none {
                 c.blocked = true;
             }
         }
@@ -194,14 +257,17 @@ impl Over {
             quota: 0,
             other: false,
         };
-        for l in limited(plans) {
-            let Some(c) = l.charge else { continue };
-            if verdicts[c].within {
+        for ls in descriptors(plans) {
+            let over = ls
+                .iter()
+                .filter_map(|l| l.charge)
+                .any(|c| !verdicts[c].within);
+            if !over {
                 continue;
             }
-            if l.quota {
+            if ls[0].quota {
                 o.quota += 1;
-            } else if !l.shadow {
+            } else if !ls[0].shadow {
                 o.other = true;
             }
         }

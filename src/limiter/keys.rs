@@ -51,7 +51,14 @@ fn push_entries(k: &mut KeyBuilder, d: &RateLimitDescriptor) {
 ///   configured one;
 /// - `share_threshold` on a level: it shows its pattern whatever the request sent, since all
 ///   those values share one bucket (one series per raw value would defeat the sharing).
-pub(crate) fn metric_label(path: &MetricPath, d: &RateLimitDescriptor) -> String {
+///
+/// `position` (a `rate_limits` entry's place) is appended as `[i]`, as in the rule's own label,
+/// so the limits of one descriptor keep their series apart.
+pub(crate) fn metric_label(
+    path: &MetricPath,
+    d: &RateLimitDescriptor,
+    position: Option<usize>,
+) -> String {
     let mut out = String::new();
     for (level, entry) in path.levels.iter().zip(&d.entries) {
         if !out.is_empty() {
@@ -68,6 +75,10 @@ pub(crate) fn metric_label(path: &MetricPath, d: &RateLimitDescriptor) -> String
             out.push('_');
             out.push_str(v);
         }
+    }
+    if let Some(i) = position {
+        use std::fmt::Write;
+        let _ = write!(out, "[{i}]");
     }
     out
 }
@@ -110,7 +121,7 @@ mod tests {
             ],
         };
         let d = desc(&[("route", "/api"), ("method", "GET")]);
-        assert_eq!(metric_label(&path, &d), "route_/api.method_GET");
+        assert_eq!(metric_label(&path, &d, None), "route_/api.method_GET");
         let path = MetricPath {
             detailed: false,
             levels: vec![
@@ -119,7 +130,7 @@ mod tests {
             ],
         };
         let d = desc(&[("route", "/api"), ("user", "bob")]);
-        assert_eq!(metric_label(&path, &d), "route.user_bob");
+        assert_eq!(metric_label(&path, &d, None), "route.user_bob");
     }
 
     #[test]
@@ -133,7 +144,7 @@ mod tests {
         };
         let a = desc(&[("tenant", "t1"), ("path", "/files/a")]);
         let b = desc(&[("tenant", "t1"), ("path", "/files/b")]);
-        assert_eq!(metric_label(&path, &a), "tenant_t1.path_/files/*");
-        assert_eq!(metric_label(&path, &a), metric_label(&path, &b));
+        assert_eq!(metric_label(&path, &a, None), "tenant_t1.path_/files/*");
+        assert_eq!(metric_label(&path, &a, None), metric_label(&path, &b, None));
     }
 }

@@ -6,7 +6,9 @@ use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescript
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use smallvec::SmallVec;
 
+use super::after::Kind;
 use super::keys;
+use super::period;
 use super::{Active, RequestError, RuleMetrics};
 use crate::bucket::Limit;
 use crate::config::{Rule, RuleLimit};
@@ -18,7 +20,8 @@ pub(crate) enum Plan<'a> {
     /// No rule, a whitelisted value, a replaced rule, an empty descriptor, or an unknown domain.
     NoLimit,
     Unlimited(&'a Rule),
-    Limited(Limited<'a>),
+    /// One limit, or the entries of a `rate_limits` list (all must pass).
+    Limited(SmallVec<[Limited<'a>; 1]>),
 }
 
 /// A descriptor under a limit: a configured rule's, or the request's own override.
@@ -26,8 +29,12 @@ pub(crate) struct Limited<'a> {
     /// `None` for a limit override.
     pub rule: Option<&'a Rule>,
     pub metrics: &'a RuleMetrics,
+    /// What `current_limit` tells Envoy (`period`: the rate in a whole unit).
     pub requests_per_unit: u32,
     pub unit: Unit,
+    /// How the store applies the hits: with the request's other admissions, as usage, or as a
+    /// refund.
+    pub kind: Kind,
     pub hits: u64,
     pub shadow: bool,
     /// Quota mode (the rule's or the global one): over fails the request only when every
@@ -50,7 +57,8 @@ pub(crate) struct Resolved<'a> {
 enum Matched<'a> {
     Nothing,
     Override(&'a RateLimitOverride),
-    Rule(usize, &'a Rule),
+    /// The first rule's position in the config's rules, and the descriptor's rules.
+    Rules(usize, &'a [Rule]),
 }
 
 /// Resolve every descriptor of `req` against `active`. `global_quota` puts every limited
@@ -86,7 +94,7 @@ pub(crate) fn resolve<'a>(
             } else {
                 let entries = d.entries.iter().map(|e| (e.key.as_str(), e.value.as_str()));
                 match domain.lookup(entries) {
-                    Some((i, r)) => Matched::Rule(i, r),
+                    Some((i, r)) => Matched::Rules(i, r),
                     None => Matched::Nothing,
                 }
             }
@@ -96,7 +104,9 @@ pub(crate) fn resolve<'a>(
     let replaced: SmallVec<[&str; 4]> = matched
         .iter()
         .filter_map(|m| match m {
-            Matched::Rule(_, r) => Some(r.replaces.iter().map(String::as_str)),
+            Matched::Rules(_, r) => {
+                Some(r.iter().flat_map(|r| r.replaces.iter().map(String::as_str)))
+            }
             _ => None,
         })
         .flatten()
@@ -113,13 +123,16 @@ pub(crate) fn resolve<'a>(
         let hits = d.hits_addend.as_ref().map_or(request_hits, |h| h.value);
         let plan = match *m {
             Matched::Nothing => Plan::NoLimit,
-            Matched::Override(o) => r.override_plan(index, d, o, hits)?,
-            Matched::Rule(_, rule)
-                if rule.name.as_deref().is_some_and(|n| replaced.contains(&n)) =>
-            {
-                Plan::NoLimit
+            Matched::Override(_) if d.is_negative_hits => {
+                return Err(RequestError::NegativeHits {
+                    index,
+                    on: "on a limit override".into(),
+                })
             }
-            Matched::Rule(i, rule) => r.rule_plan(d, i, rule, hits),
+            Matched::Override(o) => r.override_plan(index, d, o, hits)?,
+            Matched::Rules(first, rules) => {
+                r.rules_plan(index, d, first, rules, &replaced, hits)?
+            }
         };
         resolved.plans.push(plan);
     }
@@ -156,17 +169,56 @@ impl<'a> Resolver<'a> {
             let key = keys::override_key(self.domain, o.requests_per_unit, unit, d);
             self.charge(key, limit, hits, true, crate::store::budget::OVERRIDES)
         });
-        Ok(Plan::Limited(Limited {
+        Ok(Plan::Limited(smallvec::smallvec![Limited {
             rule: None,
             metrics,
             requests_per_unit: o.requests_per_unit,
             unit,
+            kind: Kind::Admit,
             hits,
             shadow: false,
             quota: self.global_quota,
             charge,
             label: None,
-        }))
+        }]))
+    }
+
+    /// A descriptor matched by `rules` (one, or a `rate_limits` list), the first at position
+    /// `first` of the config's rules; those named in another matched rule's `replaces` are
+    /// dropped. A refund (`is_negative_hits`) is refused unless every one takes refunds.
+    fn rules_plan(
+        &mut self,
+        index: usize,
+        d: &RateLimitDescriptor,
+        first: usize,
+        rules: &'a [Rule],
+        replaced: &[&str],
+        hits: u64,
+    ) -> Result<Plan<'a>, RequestError> {
+        let kept = rules
+            .iter()
+            .enumerate()
+            .filter(|(_, rule)| !rule.name.as_deref().is_some_and(|n| replaced.contains(&n)));
+        let mut limits = SmallVec::new();
+        let mut unlimited = None;
+        for (j, rule) in kept {
+            if d.is_negative_hits && !rule.allow_refunds {
+                return Err(RequestError::NegativeHits {
+                    index,
+                    on: format!("on rule '{}.{}'", rule.domain, rule.label()),
+                });
+            }
+            match self.rule_plan(d, first + j, rule, hits) {
+                Plan::Limited(l) => limits.extend(l),
+                Plan::Unlimited(u) => unlimited = unlimited.or(Some(u)),
+                Plan::NoLimit => {}
+            }
+        }
+        Ok(match unlimited {
+            _ if !limits.is_empty() => Plan::Limited(limits),
+            Some(u) => Plan::Unlimited(u),
+            None => Plan::NoLimit,
+        })
     }
 
     /// A descriptor matched by rule `r`, at position `i` of the config's rules.
@@ -175,6 +227,7 @@ impl<'a> Resolver<'a> {
             requests_per_unit,
             unit,
             burst,
+            unit_multiplier,
         } = r.limit
         else {
             return Plan::Unlimited(r);
@@ -183,22 +236,33 @@ impl<'a> Resolver<'a> {
         let Some(metrics) = self.active.rules.get(i) else {
             return Plan::NoLimit;
         };
-        let limit = Limit::new(burst.unwrap_or(requests_per_unit), requests_per_unit, unit);
+        let limit = Limit::over(
+            burst.unwrap_or(requests_per_unit),
+            requests_per_unit,
+            unit,
+            unit_multiplier,
+        );
+        let kind = Kind::of(r, d.is_negative_hits);
         let charge = limit.map(|limit| {
             let key = keys::rule_key(self.domain, r, d);
             self.charge(key, limit, hits, !r.shadow_mode, r.id)
         });
-        Plan::Limited(Limited {
+        let (requests_per_unit, unit) = period::reported(requests_per_unit, unit, unit_multiplier);
+        Plan::Limited(smallvec::smallvec![Limited {
             rule: Some(r),
             metrics,
             requests_per_unit,
             unit,
+            kind,
             hits,
             shadow: r.shadow_mode,
             quota: !r.shadow_mode && (self.global_quota || r.quota_mode),
             charge,
-            label: r.metric_path.as_ref().map(|p| keys::metric_label(p, d)),
-        })
+            label: r
+                .metric_path
+                .as_ref()
+                .map(|p| keys::metric_label(p, d, r.position)),
+        }])
     }
 
     /// `rule`: the key budget a new key counts in (`store::budget`).

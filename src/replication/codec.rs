@@ -113,6 +113,7 @@ impl<'a> DeltaBuilder<'a> {
             capacity: limit.capacity(),
             per_unit: limit.per_unit(),
             unit: limit.unit().to_proto(),
+            unit_multiplier: multiplier_on_wire(limit.multiplier()),
             gen: state.gen(),
             base_lo,
             base_hi,
@@ -123,6 +124,24 @@ impl<'a> DeltaBuilder<'a> {
         };
         self.bytes += prost::Message::encoded_len(&k) + 3;
         self.delta.keys.push(k);
+    }
+}
+
+/// A plain unit is sent as 0 (the field's default, not encoded), so frames of rules without a
+/// multiplier are byte for byte what they were before the field existed.
+fn multiplier_on_wire(m: u16) -> u32 {
+    if m == 1 {
+        0
+    } else {
+        u32::from(m)
+    }
+}
+
+/// `None` for a multiplier no limit can have (a `BadLimit` frame).
+fn multiplier_off_wire(m: u32) -> Option<u16> {
+    match m {
+        0 => Some(1),
+        m => u16::try_from(m).ok(),
     }
 }
 
@@ -149,7 +168,8 @@ pub fn decode_delta(
         .enumerate()
         .map(|(index, k)| {
             let limit = Unit::from_proto(k.unit)
-                .and_then(|u| Limit::new(k.capacity, k.per_unit, u))
+                .zip(multiplier_off_wire(k.unit_multiplier))
+                .and_then(|(u, m)| Limit::over(k.capacity, k.per_unit, u, m))
                 .ok_or(FrameError::BadLimit {
                     index,
                     capacity: k.capacity,
@@ -235,6 +255,28 @@ mod tests {
         assert_eq!(state.base(), s.base());
         assert_eq!(state.slots()[0].replica, ReplicaId(1));
         assert_eq!(b.get(ReplicaId(1)).map(|r| r.node), Some("a".to_string()));
+    }
+
+    #[test]
+    fn a_unit_multiplier_survives_the_round_trip_and_a_plain_unit_is_not_encoded() {
+        let a = table("a", 1);
+        let b = table("b", 2);
+        let five_minutes = Limit::over(1000, 1000, Unit::Minute, 5).expect("valid");
+        let mut d = DeltaBuilder::new(&a);
+        d.push(KeyId(1), &five_minutes, &BucketState::new(3));
+        assert_eq!(d.delta.keys[0].unit_multiplier, 5);
+        let got = decode_delta(&d.delta, &b).expect("valid");
+        assert_eq!(got[0].1, five_minutes);
+        let plain = Limit::new(10, 10, Unit::Minute).expect("valid");
+        let mut d = DeltaBuilder::new(&a);
+        d.push(KeyId(2), &plain, &BucketState::new(3));
+        assert_eq!(d.delta.keys[0].unit_multiplier, 0);
+        assert_eq!(decode_delta(&d.delta, &b).expect("valid")[0].1, plain);
+        d.delta.keys[0].unit_multiplier = 70_000;
+        assert!(matches!(
+            decode_delta(&d.delta, &b),
+            Err(FrameError::BadLimit { .. })
+        ));
     }
 
     #[test]

@@ -163,8 +163,17 @@ impl Cluster {
 
     /// `n` nodes with `tweak` applied to every node's settings.
     pub async fn start_with(n: usize, tweak: impl Fn(&mut Settings)) -> Cluster {
+        Cluster::start_with_config(n, CONFIG, tweak).await
+    }
+
+    /// `n` nodes serving `config` instead of [`CONFIG`].
+    pub async fn start_with_config(
+        n: usize,
+        config: &str,
+        tweak: impl Fn(&mut Settings),
+    ) -> Cluster {
         let dir = tempfile::tempdir().expect("tmp");
-        std::fs::write(dir.path().join("c.yaml"), CONFIG).expect("config");
+        std::fs::write(dir.path().join("c.yaml"), config).expect("config");
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let mut nodes = Vec::new();
         for (i, p) in ports.iter().enumerate() {

@@ -14,3 +14,4 @@ mod processes;
 mod restart;
 mod sync;
 mod tls;
+mod token_budget;

@@ -13,3 +13,4 @@ mod metrics;
 #[path = "../support/ports.rs"]
 mod ports;
 mod reload;
+mod token_budget;

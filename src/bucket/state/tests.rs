@@ -213,6 +213,31 @@ fn no_overflow_at_the_extremes() {
 }
 
 #[test]
+fn a_period_of_several_units_refills_over_the_whole_period() {
+    let five_minutes = Limit::over(1000, 1000, Unit::Minute, 5).expect("valid");
+    assert_eq!(five_minutes.unit_ns(), 300 * SEC as u64);
+    let mut s = BucketState::new(0);
+    assert!(s.admit(&five_minutes, ME, 1000, T0, 0).allowed);
+    assert_eq!(s.peek(&five_minutes, T0).reset_ns, 300 * SEC as u64);
+    // A fifth of the period, a fifth of the tokens.
+    assert_eq!(s.tokens(&five_minutes, T0 + 60 * SEC), 200);
+    assert_eq!(s.tokens(&five_minutes, T0 + 300 * SEC), 1000);
+}
+
+#[test]
+fn a_limit_stays_twelve_bytes_and_refuses_a_zero_or_too_long_period() {
+    assert_eq!(std::mem::size_of::<Limit>(), 12);
+    assert_eq!(Limit::over(1, 1, Unit::Minute, 0), None);
+    assert!(Limit::over(1, 1, Unit::Year, 100).is_some());
+    assert_eq!(Limit::over(1, 1, Unit::Year, 101), None);
+    assert_eq!(Limit::over(1, 1, Unit::Year, u16::MAX), None);
+    assert_eq!(
+        Limit::new(5, 5, Unit::Hour).map(|l| l.multiplier()),
+        Some(1)
+    );
+}
+
+#[test]
 fn year_limit_with_a_billion_per_unit_is_exact() {
     let l = limit(1_000_000_000, 1_000_000_000, Unit::Year);
     let mut s = BucketState::new(0);
@@ -409,8 +434,9 @@ fn arb_limit() -> impl Strategy<Value = Limit> {
         1u32..200,
         1u32..200,
         prop::sample::select(Unit::ALL.to_vec()),
+        prop::sample::select(vec![1u16, 1, 1, 5, 100]),
     )
-        .prop_map(|(c, r, u)| limit(c, r, u))
+        .prop_map(|(c, r, u, m)| Limit::over(c, r, u, m).expect("valid"))
 }
 
 /// Time steps: mostly small, some equal timestamps, some huge gaps.

@@ -215,12 +215,14 @@ descriptors:
         requests_per_unit: 10,
         unit: Unit::Minute,
         burst: Some(50),
+        unit_multiplier: 1,
     };
     assert_eq!(rule(&c, "d", &[("k", "v")]).limit, with_burst);
     let without = RuleLimit::Limited {
         requests_per_unit: 10,
         unit: Unit::Minute,
         burst: None,
+        unit_multiplier: 1,
     };
     assert_eq!(rule(&c, "d", &[("j", "v")]).limit, without);
 }

@@ -40,4 +40,5 @@ mod identity;
 mod loading;
 mod matching;
 mod reference_examples;
+mod token_budget;
 mod validation;
