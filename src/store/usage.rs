@@ -55,6 +55,8 @@ impl Store {
         let cap = limit.capacity() as u64;
         let mut g = self.shards[self.shard_of(key)].0.lock();
         let shard = &mut *g;
+        // As `decide` does: never at a time older than one this shard has decided at.
+        let now = shard.decide_at(now);
         if shard.map.find(key.0).is_none() && self.live.load(Ordering::Relaxed) >= self.cfg.max_keys
         {
             drop(g);
