@@ -111,7 +111,29 @@ pub(crate) struct YamlReplaces {
 ///
 /// A document with unknown keys is refused with all of them (`schema::unknown_keys`) and is
 /// still returned, read without them, so that the builder reports its other problems too.
+///
+/// serde_yaml_ng 0.10 panics on some malformed input (fuzzing found "unexpected end of
+/// mapping" in its `deserialize_option`): such a panic is caught and the file refused with an
+/// error, so a bad file can neither stop the server at start nor kill the reload thread.
 pub(crate) fn parse(file: &str, contents: &str) -> (Vec<YamlRoot>, Vec<ConfigError>) {
+    std::panic::catch_unwind(|| parse_documents(file, contents)).unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".to_string());
+        let error = ConfigError::new(
+            file,
+            format!(
+                "error loading config file: the YAML parser failed on this file ({why}); \
+                 it is not valid YAML of the expected shape"
+            ),
+        );
+        (Vec::new(), vec![error])
+    })
+}
+
+fn parse_documents(file: &str, contents: &str) -> (Vec<YamlRoot>, Vec<ConfigError>) {
     let mut roots = Vec::new();
     let mut errors = Vec::new();
     for (index, document) in serde_yaml_ng::Deserializer::from_str(contents).enumerate() {

@@ -51,7 +51,9 @@ impl ReferenceBucket {
         let remaining = (self.tokens_scaled / self.unit_ns) as u64;
         let missing = self.capacity * self.unit_ns - self.tokens_scaled;
         let reset = (missing + self.per_unit - 1) / self.per_unit;
-        (allowed, remaining, reset as u64)
+        // A period of up to 100 years a token can make "full again" later than u64 nanoseconds
+        // reach (about 584 years): the bucket then says u64::MAX, and so does the model.
+        (allowed, remaining, reset.clamp(0, u64::MAX as i128) as u64)
     }
 }
 

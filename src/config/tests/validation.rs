@@ -350,3 +350,17 @@ fn merged_domains_join_their_descriptors_and_still_refuse_duplicates() {
         "{errs}"
     );
 }
+
+#[test]
+fn a_file_on_which_the_yaml_parser_panics_is_refused_with_an_error() {
+    // Found by `scripts/fuzz config_parse`: serde_yaml_ng 0.10 panics ("unexpected end of
+    // mapping") on this file, read as the fuzz target reads it (lossy UTF-8).
+    let bytes = include_bytes!("fuzz_found/mapping_end_panic.bin");
+    let text = String::from_utf8_lossy(bytes).into_owned();
+    let err = RateLimitConfig::from_files(&[("bad.yaml".to_string(), text)]).unwrap_err();
+    let shown = err.to_string();
+    assert!(
+        shown.contains("bad.yaml") && shown.contains("the YAML parser failed on this file"),
+        "{shown}"
+    );
+}
