@@ -55,9 +55,12 @@ impl Settings {
             )));
         }
         if let Some(e) = &self.otlp_endpoint {
-            if !(e.starts_with("http://") || e.starts_with("https://")) {
+            // As for the metrics push: no TLS trust store in the OTLP client, so an https://
+            // collector would fail every export; refused here instead.
+            if !e.starts_with("http://") {
                 return Err(SettingsError::Invalid(format!(
-                    "otlp_endpoint must be an http:// or https:// URL (OTLP over gRPC), got '{e}'"
+                    "otlp_endpoint must be an http:// URL (OTLP over gRPC, plaintext, e.g. a \
+                     collector agent on the node), got '{e}'"
                 )));
             }
         }
@@ -165,5 +168,16 @@ mod tests {
         assert!(err.contains("'collector:4317'"), "{err}");
         let s = resolve(&["--otlp-endpoint", "http://127.0.0.1:4317"]).expect("valid");
         assert_eq!(s.otlp_endpoint.as_deref(), Some("http://127.0.0.1:4317"));
+    }
+
+    #[test]
+    fn a_traces_endpoint_must_be_plain_http() {
+        for bad in ["collector:4317", "https://collector:4317"] {
+            let err = resolve(&["--otlp-endpoint", bad]).unwrap_err();
+            assert!(
+                err.contains("otlp_endpoint must be an http:// URL") && err.contains(bad),
+                "{bad}: {err}"
+            );
+        }
     }
 }

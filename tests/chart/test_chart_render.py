@@ -485,12 +485,13 @@ def test_otlp_metrics_endpoint_and_interval_become_flags_apart_from_traces():
     "bad, complaint",
     [
         ({"otlp": {"endpoint": "otel-collector:4317"}}, "/otlp/endpoint"),
+        ({"otlp": {"endpoint": "https://otel-collector:4317"}}, "/otlp/endpoint"),
         ({"otlp": {"samplingRatio": 2}}, "/otlp/samplingRatio"),
         ({"otlp": {"metricsEndpoint": "https://otel-collector:4317"}}, "/otlp/metricsEndpoint"),
         ({"otlp": {"metricsInterval": "soon"}}, "/otlp/metricsInterval"),
         ({"grpcTls": {"certFile": "x"}}, "certFile"),
     ],
-    ids=["endpoint-not-a-url", "ratio-over-one", "metrics-endpoint-https", "interval-not-a-duration", "unknown-key"],
+    ids=["endpoint-not-a-url", "endpoint-https", "ratio-over-one", "metrics-endpoint-https", "interval-not-a-duration", "unknown-key"],
 )
 def test_schema_rejects_bad_tls_and_otlp_values(bad, complaint):
     h = helm()
