@@ -146,9 +146,8 @@ impl tonic::codec::Codec for RawCodec {
     }
 }
 
-#[tokio::test]
-async fn a_malformed_protobuf_message_is_refused_and_the_server_keeps_serving() {
-    let mut h = Harness::start(CONFIG).await;
+/// A plain gRPC client to the server, for raw bodies sent with [`RawCodec`].
+async fn raw_grpc(h: &Harness) -> tonic::client::Grpc<tonic::transport::Channel> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", h.server.grpc_addr))
         .expect("endpoint")
         .connect()
@@ -156,6 +155,13 @@ async fn a_malformed_protobuf_message_is_refused_and_the_server_keeps_serving() 
         .expect("connects");
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.expect("ready");
+    grpc
+}
+
+#[tokio::test]
+async fn a_malformed_protobuf_message_is_refused_and_the_server_keeps_serving() {
+    let mut h = Harness::start(CONFIG).await;
+    let mut grpc = raw_grpc(&h).await;
     let path = tonic::codegen::http::uri::PathAndQuery::from_static(
         "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
     );
@@ -175,17 +181,6 @@ async fn a_malformed_protobuf_message_is_refused_and_the_server_keeps_serving() 
         metrics.contains("tollgate_requests_total{code=\"Internal\"} 1"),
         "the refused call is counted under the code it got:\n{metrics}"
     );
-}
-
-async fn raw_grpc(h: &Harness) -> tonic::client::Grpc<tonic::transport::Channel> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", h.server.grpc_addr))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connects");
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.expect("ready");
-    grpc
 }
 
 #[tokio::test]
