@@ -25,7 +25,9 @@ use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimit
 use crate::bucket::Limit;
 use crate::clock::Clock;
 use crate::config::{BuildOptions, ConfigErrors, RateLimitConfig, Rule, RuleLimit};
-use crate::metrics::{DetailedSeries, Metrics, RuleStats, DEFAULT_SERIES_CAP};
+use crate::metrics::{
+    DetailedSeries, Metrics, RuleCounters, RuleSeries, RuleStats, SeriesLabels, DEFAULT_SERIES_CAP,
+};
 use crate::rls::respond::{self, ResponseOptions};
 use crate::store::Store;
 
@@ -117,17 +119,26 @@ impl Active {
                     .collect()
             })
             .unwrap_or_default();
+        // A changed rule keeps the counters of the rule with its labels, and rules that share
+        // labels share counters: a series counts on across reloads and is written once.
+        let mut counters: HashMap<SeriesLabels, Arc<RuleCounters>> = previous
+            .map(|p| {
+                p.all()
+                    .map(|m| (m.stats.labels().clone(), m.stats.counters().clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut stats = |domain: &str, label: &str, limit: Option<Limit>| {
+            let labels = SeriesLabels::new(domain, label);
+            let shared = counters.entry(labels.clone()).or_default().clone();
+            Arc::new(RuleStats::sharing(labels, limit, shared))
+        };
         let rules = config
             .rules()
             .map(|rule| match by_id.get(&rule.id) {
                 Some(m) => (*m).clone(),
                 None => RuleMetrics {
-                    stats: Arc::new(RuleStats::new(
-                        metrics,
-                        &rule.domain,
-                        &rule.label(),
-                        rule_bucket(rule),
-                    )),
+                    stats: stats(&rule.domain, &rule.label(), rule_bucket(rule)),
                     detailed: rule.metric_path.as_ref().map(|_| {
                         Arc::new(DetailedSeries::new(
                             metrics,
@@ -144,7 +155,7 @@ impl Active {
                 let m = previous
                     .and_then(|p| p.overrides.get(d).cloned())
                     .unwrap_or_else(|| RuleMetrics {
-                        stats: Arc::new(RuleStats::new(metrics, d, "_override", None)),
+                        stats: stats(d, "_override", None),
                         detailed: None,
                     });
                 (d.to_string(), m)
@@ -157,8 +168,20 @@ impl Active {
         }
     }
 
-    pub fn rule_stats(&self) -> impl Iterator<Item = &Arc<RuleStats>> {
-        self.rules.iter().map(|m| &m.stats)
+    /// Every rule's metrics, the domains' override metrics after them.
+    fn all(&self) -> impl Iterator<Item = &RuleMetrics> {
+        self.rules.iter().chain(self.overrides.values())
+    }
+
+    /// Write the per-rule series as of `now`: only this config's rules have any, so a rule
+    /// a reload removed is no longer exported.
+    fn write_series(&self, now: i64, out: &mut RuleSeries) {
+        for m in self.all() {
+            m.stats.write(now, out);
+        }
+        for d in self.rules.iter().filter_map(|m| m.detailed.as_ref()) {
+            d.write(out);
+        }
     }
 }
 
@@ -327,19 +350,20 @@ impl Limiter {
     }
 
     /// Bring every gauge up to date; called at scrape time.
-    pub fn refresh_gauges(&self) {
+    /// The `/metrics` text: the service's own series, then the served config's rules' (scrape
+    /// time: off the request path, see `http::scrape`).
+    pub fn render_metrics(&self) -> String {
         let now = self.clock.now();
         let active = self.active.load();
         for (r, m) in active.config.rules().zip(&active.rules) {
             m.stats.set_live_keys(self.store.budgets().live_of(r.id));
         }
-        for m in active.rules.iter().chain(active.overrides.values()) {
-            m.stats.refresh(now);
-            if let Some(d) = &m.detailed {
-                d.publish(&self.metrics);
-            }
-        }
         self.metrics.live_keys.set(self.store.live_keys() as f64);
+        let mut series = RuleSeries::default();
+        active.write_series(now, &mut series);
+        let mut out = self.metrics.render();
+        series.write_to(&mut out);
+        out
     }
 }
 

@@ -89,6 +89,8 @@ impl Reloader {
                 return false;
             }
         };
+        let bytes: usize = files.iter().map(|(_, text)| text.len()).sum();
+        info!(path = %self.path.display(), bytes, "config change settled; loading it");
         // A span per reload attempt, exported with --otlp-endpoint.
         let span = tracing::info_span!("config_reload", path = %self.path.display(), result = tracing::field::Empty);
         let _entered = span.enter();

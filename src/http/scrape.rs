@@ -40,8 +40,7 @@ impl ScrapeGate {
             .map_err(|_| ScrapeError::Failed)?;
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            limiter.refresh_gauges();
-            limiter.metrics().render()
+            limiter.render_metrics()
         })
         .await
         .map_err(|_| ScrapeError::Failed)

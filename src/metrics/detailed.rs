@@ -4,16 +4,17 @@
 //! a registry lookup (and an allocation) on every request, against this module's rule that the
 //! request path only does atomic adds. So the request path only adds to tallies of its own,
 //! found by label under a read lock (a write lock once per new label), and the tallies are
-//! published as Prometheus counters at scrape time. A rule keeps at most `cap` labels: beyond
+//! written as counters at scrape time (with the rule series, so they go when the rule goes). A rule keeps at most `cap` labels: beyond
 //! that, new values are not tracked (the rule's own series still count them), and
 //! `tollgate_detailed_series_dropped_total` says how many hits went untracked.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use metrics::{Counter, Label};
-use parking_lot::{Mutex, RwLock};
+use metrics::Counter;
+use parking_lot::RwLock;
 
+use super::rule_series::{Family, RuleSeries, SeriesLabels};
 use super::Metrics;
 
 /// Labels one rule may create before new ones are dropped.
@@ -55,21 +56,21 @@ impl Tally {
     }
 }
 
-const NAMES: [&str; 5] = [
-    "tollgate_hits_total",
-    "tollgate_over_limit_total",
-    "tollgate_near_limit_total",
-    "tollgate_within_limit_total",
-    "tollgate_shadow_mode_total",
+/// The families of `Tally::values`, in its order.
+const FAMILIES: [Family; 5] = [
+    Family::Hits,
+    Family::OverLimit,
+    Family::NearLimit,
+    Family::WithinLimit,
+    Family::ShadowMode,
 ];
 
 /// The per-request-label counters of one rule.
 pub struct DetailedSeries {
     domain: String,
     cap: usize,
-    tallies: RwLock<HashMap<Box<str>, Tally>>,
-    /// Registered at scrape time, by label.
-    published: Mutex<HashMap<Box<str>, [Counter; 5]>>,
+    /// By label, with the label's escaped series labels (built once, on the first hit).
+    tallies: RwLock<HashMap<Box<str>, (SeriesLabels, Tally)>>,
     dropped: Counter,
     warned: AtomicBool,
 }
@@ -80,7 +81,6 @@ impl DetailedSeries {
             domain: domain.to_string(),
             cap,
             tallies: RwLock::new(HashMap::new()),
-            published: Mutex::new(HashMap::new()),
             dropped: metrics.detailed_dropped.clone(),
             warned: AtomicBool::new(false),
         }
@@ -88,7 +88,7 @@ impl DetailedSeries {
 
     /// Count one descriptor's decision under `label` (request path: no registration).
     pub fn record(&self, label: &str, hits: u64, over: bool, near: bool, shadow: bool) {
-        if let Some(t) = self.tallies.read().get(label) {
+        if let Some((_, t)) = self.tallies.read().get(label) {
             t.add(hits, over, near, shadow);
             return;
         }
@@ -108,28 +108,20 @@ impl DetailedSeries {
         }
         tallies
             .entry(label.into())
-            .or_default()
+            .or_insert_with(|| (SeriesLabels::new(&self.domain, label), Tally::default()))
+            .1
             .add(hits, over, near, shadow);
     }
 
-    /// Publish every tally as counters (scrape time).
-    pub fn publish(&self, metrics: &Metrics) {
-        let tallies = self.tallies.read();
-        let mut published = self.published.lock();
-        for (label, tally) in tallies.iter() {
-            let counters = published.entry(label.clone()).or_insert_with(|| {
-                NAMES.map(|name| {
-                    metrics.counter(
-                        name,
-                        vec![
-                            Label::new("domain", self.domain.clone()),
-                            Label::new("limit", label.to_string()),
-                        ],
-                    )
-                })
-            });
-            for (c, v) in counters.iter().zip(tally.values()) {
-                c.absolute(v);
+    /// Write every tally as counters (scrape time). A label the rule series already wrote
+    /// (a value equal to a rule's own label) is left to it.
+    pub fn write(&self, out: &mut RuleSeries) {
+        for (labels, tally) in self.tallies.read().values() {
+            if !out.claim(labels) {
+                continue;
+            }
+            for (family, v) in FAMILIES.into_iter().zip(tally.values()) {
+                out.counter(family, labels, v);
             }
         }
     }
@@ -149,14 +141,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tallies_become_counters_only_when_published() {
+    fn tallies_are_written_as_counters_at_scrape_time() {
         let m = Metrics::new();
         let s = DetailedSeries::new(&m, "d", 10);
         s.record("user_alice", 2, false, false, false);
         s.record("user_alice", 1, true, false, true);
-        assert!(!m.render().contains("user_alice"), "nothing registered yet");
-        s.publish(&m);
-        let text = m.render();
+        assert!(!m.render().contains("user_alice"), "nothing registered");
+        let mut series = RuleSeries::default();
+        s.write(&mut series);
+        let mut text = String::new();
+        series.write_to(&mut text);
         assert!(
             text.contains("tollgate_hits_total{domain=\"d\",limit=\"user_alice\"} 3"),
             "{text}"

@@ -13,6 +13,7 @@
 mod detailed;
 mod latency;
 mod rule;
+mod rule_series;
 
 use std::sync::Arc;
 
@@ -22,7 +23,8 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, Prometheu
 pub use latency::LatencyHistogram;
 
 pub use detailed::{DetailedSeries, DEFAULT_SERIES_CAP};
-pub use rule::RuleStats;
+pub use rule::{RuleCounters, RuleStats};
+pub use rule_series::{RuleSeries, SeriesLabels};
 
 const META: Metadata<'static> = Metadata::new("tollgate", Level::INFO, None);
 
@@ -176,16 +178,11 @@ fn describe(r: &PrometheusRecorder) {
     let d =
         |name: &'static str, help: &'static str| (KeyName::from(name), SharedString::from(help));
     let counters = [
+        // The per-rule families are described in rule_series.rs, which writes them.
         d("tollgate_requests_total", "ShouldRateLimit calls answered, by gRPC code."),
-        d("tollgate_hits_total", "Hits (sum of hits_addend) checked against a rule."),
-        d("tollgate_over_limit_total", "Hits rejected because the rule's bucket was empty."),
-        d("tollgate_near_limit_total", "Hits admitted with the bucket above the near-limit ratio of use."),
-        d("tollgate_within_limit_total", "Hits admitted."),
-        d("tollgate_shadow_mode_total", "Hits over a shadow-mode rule's limit (answered OK)."),
         d("tollgate_unknown_domain_total", "Requests for a domain no config defines (answered OK)."),
         d("tollgate_config_loads_total", "Config loads and reloads, by result."),
         d("tollgate_keys_over_cap_total", "Charges for new keys beyond the live-key cap: answered from a shared bucket, or denied."),
-        d("tollgate_rule_keys_over_budget_total", "New keys of a rule beyond its key budget: answered from a shared bucket, or denied."),
         d("tollgate_connections_closed_total", "Client connections the server closed, by port and reason (idle, header_timeout)."),
         d("tollgate_accept_errors_total", "Failed accepts on a port (e.g. out of file descriptors), retried with backoff."),
         d("tollgate_tls_reloads_total", "Certificate reloads after their files changed, by listener and result."),
@@ -198,16 +195,19 @@ fn describe(r: &PrometheusRecorder) {
         r.describe_counter(name, None, help);
     }
     let gauges = [
-        d("token_bucket_capacity", "The rule's bucket capacity C, in tokens."),
-        d("token_bucket_fill_rate", "Tokens added per second to each of the rule's buckets."),
-        d("token_bucket_current_usage", "Tokens in use (C - available) in the rule's most drained bucket."),
-        d("token_bucket_refill_delay", "Seconds the rule's most drained bucket has been without a token (0 when every bucket has one)."),
-        d("token_bucket_rejection_rate", "Share of the rule's decisions rejected over the last 60 s."),
-        d("tollgate_live_keys", "Keys with a live bucket in this instance."),
-        d("tollgate_rule_live_keys", "Keys with a live bucket of the rule in this instance."),
+        d(
+            "tollgate_live_keys",
+            "Keys with a live bucket in this instance.",
+        ),
         d("tollgate_connections", "Open client connections, by port."),
-        d("tollgate_ready", "1 when the instance answers correctly (config loaded, state synced)."),
-        d("tollgate_build_info", "Build information; the value is always 1."),
+        d(
+            "tollgate_ready",
+            "1 when the instance answers correctly (config loaded, state synced).",
+        ),
+        d(
+            "tollgate_build_info",
+            "Build information; the value is always 1.",
+        ),
     ];
     for (name, help) in gauges {
         r.describe_gauge(name, None, help);

@@ -1,11 +1,10 @@
 //! Per-rule statistics: counters updated on the request path, and the aggregates behind the
-//! `token_bucket_*` gauges, computed at scrape time.
+//! `token_bucket_*` gauges, computed at scrape time and written by `rule_series`.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 
-use metrics::{Counter, Gauge, Label};
-
-use super::Metrics;
+use super::rule_series::{Family, RuleSeries, SeriesLabels};
 use crate::bucket::Limit;
 
 const WINDOW_SECONDS: usize = 60;
@@ -19,22 +18,36 @@ struct Second {
     rejected: AtomicU64,
 }
 
-pub struct RuleStats {
-    limit: Option<Limit>,
-    hits: Counter,
-    over_limit: Counter,
-    near_limit: Counter,
-    within_limit: Counter,
-    shadow_mode: Counter,
-    capacity: Gauge,
-    fill_rate: Gauge,
-    usage: Gauge,
-    refill_delay: Gauge,
-    rejection_rate: Gauge,
+/// A rule's counters. Shared by every rule with the same labels, and handed on to the next
+/// config's rule of the same labels, so a reload that changes a rule's limit does not reset
+/// its counters.
+#[derive(Default)]
+pub struct RuleCounters {
+    hits: AtomicU64,
+    over_limit: AtomicU64,
+    near_limit: AtomicU64,
+    within_limit: AtomicU64,
+    shadow_mode: AtomicU64,
     /// New keys answered from a shared overflow bucket / refused, over the rule's key budget.
-    keys_shared: Counter,
-    keys_denied: Counter,
-    live_keys: Gauge,
+    keys_shared: AtomicU64,
+    keys_denied: AtomicU64,
+}
+
+impl RuleCounters {
+    fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+pub struct RuleStats {
+    labels: SeriesLabels,
+    limit: Option<Limit>,
+    counters: Arc<RuleCounters>,
+    live_keys: AtomicU64,
     /// Latest time any bucket of the rule will be full again: the most drained bucket's.
     full_at: AtomicI64,
     /// Since when some bucket of the rule has had no token, and until when it has none.
@@ -46,59 +59,54 @@ pub struct RuleStats {
 impl RuleStats {
     /// `limit` is `None` for rules without a bucket of their own (limit overrides, which vary
     /// per request): those get counters and a rejection rate, but no bucket gauges.
-    pub fn new(metrics: &Metrics, domain: &str, limit_label: &str, limit: Option<Limit>) -> Self {
-        let labels = || {
-            vec![
-                Label::new("domain", domain.to_string()),
-                Label::new("limit", limit_label.to_string()),
-            ]
-        };
-        let stats = RuleStats {
+    pub fn new(domain: &str, limit_label: &str, limit: Option<Limit>) -> Self {
+        Self::sharing(
+            SeriesLabels::new(domain, limit_label),
             limit,
-            hits: metrics.counter("tollgate_hits_total", labels()),
-            over_limit: metrics.counter("tollgate_over_limit_total", labels()),
-            near_limit: metrics.counter("tollgate_near_limit_total", labels()),
-            within_limit: metrics.counter("tollgate_within_limit_total", labels()),
-            shadow_mode: metrics.counter("tollgate_shadow_mode_total", labels()),
-            capacity: metrics.gauge("token_bucket_capacity", labels()),
-            fill_rate: metrics.gauge("token_bucket_fill_rate", labels()),
-            usage: metrics.gauge("token_bucket_current_usage", labels()),
-            refill_delay: metrics.gauge("token_bucket_refill_delay", labels()),
-            rejection_rate: metrics.gauge("token_bucket_rejection_rate", labels()),
-            keys_shared: metrics.counter(
-                "tollgate_rule_keys_over_budget_total",
-                with(labels(), "shared"),
-            ),
-            keys_denied: metrics.counter(
-                "tollgate_rule_keys_over_budget_total",
-                with(labels(), "denied"),
-            ),
-            live_keys: metrics.gauge("tollgate_rule_live_keys", labels()),
+            Arc::default(),
+        )
+    }
+
+    /// Stats that add to `counters` (those of an earlier rule with the same labels).
+    pub fn sharing(
+        labels: SeriesLabels,
+        limit: Option<Limit>,
+        counters: Arc<RuleCounters>,
+    ) -> Self {
+        RuleStats {
+            labels,
+            limit,
+            counters,
+            live_keys: AtomicU64::new(0),
             full_at: AtomicI64::new(0),
             empty_since: AtomicI64::new(0),
             empty_until: AtomicI64::new(0),
             window: std::array::from_fn(|_| Second::default()),
-        };
-        if let Some(l) = limit {
-            stats.capacity.set(l.capacity() as f64);
-            stats.fill_rate.set(l.fill_rate_per_second());
         }
-        stats
+    }
+
+    pub fn labels(&self) -> &SeriesLabels {
+        &self.labels
+    }
+
+    pub fn counters(&self) -> &Arc<RuleCounters> {
+        &self.counters
     }
 
     /// Record one descriptor's decision. `near` means admitted with the bucket past the
     /// near-limit ratio of use.
     pub fn record(&self, now: i64, hits: u64, over: bool, near: bool, shadow: bool) {
-        self.hits.increment(hits);
+        let c = &*self.counters;
+        RuleCounters::add(&c.hits, hits);
         if over {
-            self.over_limit.increment(hits);
+            RuleCounters::add(&c.over_limit, hits);
             if shadow {
-                self.shadow_mode.increment(hits);
+                RuleCounters::add(&c.shadow_mode, hits);
             }
         } else {
-            self.within_limit.increment(hits);
+            RuleCounters::add(&c.within_limit, hits);
             if near {
-                self.near_limit.increment(hits);
+                RuleCounters::add(&c.near_limit, hits);
             }
         }
         let sec = now.div_euclid(SEC);
@@ -122,16 +130,20 @@ impl RuleStats {
     /// A new key of this rule found the rule over its key budget: `shared` when it was
     /// answered from an overflow bucket, else refused.
     pub fn over_budget(&self, shared: bool) {
-        if shared {
-            self.keys_shared.increment(1);
-        } else {
-            self.keys_denied.increment(1);
-        }
+        let c = &*self.counters;
+        RuleCounters::add(
+            if shared {
+                &c.keys_shared
+            } else {
+                &c.keys_denied
+            },
+            1,
+        );
     }
 
     /// The rule's live keys (set at scrape time).
     pub fn set_live_keys(&self, n: usize) {
-        self.live_keys.set(n as f64);
+        self.live_keys.store(n as u64, Ordering::Relaxed);
     }
 
     /// Record a bucket's state after a decision: when it is full again, and whether it is out
@@ -187,19 +199,38 @@ impl RuleStats {
         (now - self.empty_since.load(Ordering::Relaxed)).max(0) as f64 / 1e9
     }
 
-    /// Bring the gauges up to date (called at scrape time).
-    pub fn refresh(&self, now: i64) {
-        self.rejection_rate.set(self.rejection_rate(now));
-        if self.limit.is_some() {
-            self.usage.set(self.current_usage(now));
-            self.refill_delay.set(self.refill_delay(now));
+    /// Write the rule's series as of `now` (scrape time). Nothing when another rule with the
+    /// same labels was written already: it shares these counters.
+    pub fn write(&self, now: i64, out: &mut RuleSeries) {
+        let l = &self.labels;
+        if !out.claim(l) {
+            return;
+        }
+        let c = &*self.counters;
+        out.counter(Family::Hits, l, RuleCounters::get(&c.hits));
+        out.counter(Family::OverLimit, l, RuleCounters::get(&c.over_limit));
+        out.counter(Family::NearLimit, l, RuleCounters::get(&c.near_limit));
+        out.counter(Family::WithinLimit, l, RuleCounters::get(&c.within_limit));
+        out.counter(Family::ShadowMode, l, RuleCounters::get(&c.shadow_mode));
+        let (shared, denied) = (
+            RuleCounters::get(&c.keys_shared),
+            RuleCounters::get(&c.keys_denied),
+        );
+        out.counter_with(Family::KeysOverBudget, l, ("action", "shared"), shared);
+        out.counter_with(Family::KeysOverBudget, l, ("action", "denied"), denied);
+        out.gauge(Family::RejectionRate, l, self.rejection_rate(now));
+        out.gauge(
+            Family::LiveKeys,
+            l,
+            self.live_keys.load(Ordering::Relaxed) as f64,
+        );
+        if let Some(limit) = self.limit {
+            out.gauge(Family::Capacity, l, limit.capacity() as f64);
+            out.gauge(Family::FillRate, l, limit.fill_rate_per_second());
+            out.gauge(Family::Usage, l, self.current_usage(now));
+            out.gauge(Family::RefillDelay, l, self.refill_delay(now));
         }
     }
-}
-
-fn with(mut labels: Vec<Label>, action: &'static str) -> Vec<Label> {
-    labels.push(Label::new("action", action));
-    labels
 }
 
 #[cfg(test)]
@@ -213,9 +244,8 @@ mod tests {
 
     #[test]
     fn thirty_requests_on_ten_per_minute_reads_true_gauges() {
-        let m = Metrics::new();
         let l = Limit::new(10, 10, Unit::Minute).expect("valid");
-        let stats = RuleStats::new(&m, "d", "user", Some(l));
+        let stats = RuleStats::new("d", "user", Some(l));
         let mut bucket = BucketState::new(0);
         let mut t = T0;
         for _ in 0..30 {
@@ -235,17 +265,23 @@ mod tests {
         );
         // A token comes back 6 s after the 10th request: then the delay is over.
         assert_eq!(stats.refill_delay(T0 + 90_000_000 + 6_000_000_000), 0.0);
-        let text = m.render();
+        let mut series = RuleSeries::default();
+        stats.write(now, &mut series);
+        let mut text = String::new();
+        series.write_to(&mut text);
         assert!(
-            text.contains("token_bucket_capacity{domain=\"d\",limit=\"user\"} 10"),
+            text.contains("token_bucket_capacity{domain=\"d\",limit=\"user\"} 10\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tollgate_over_limit_total{domain=\"d\",limit=\"user\"} 20\n"),
             "{text}"
         );
     }
 
     #[test]
     fn rejection_rate_forgets_decisions_older_than_a_minute() {
-        let m = Metrics::new();
-        let stats = RuleStats::new(&m, "d", "r", None);
+        let stats = RuleStats::new("d", "r", None);
         stats.record(T0, 1, true, false, false);
         assert_eq!(stats.rejection_rate(T0), 1.0);
         assert_eq!(stats.rejection_rate(T0 + 61 * SEC), 0.0);
@@ -255,10 +291,27 @@ mod tests {
 
     #[test]
     fn usage_of_an_idle_rule_is_zero() {
-        let m = Metrics::new();
         let l = Limit::new(5, 5, Unit::Second).expect("valid");
-        let stats = RuleStats::new(&m, "d", "r", Some(l));
+        let stats = RuleStats::new("d", "r", Some(l));
         assert_eq!(stats.current_usage(T0), 0.0);
         assert_eq!(stats.refill_delay(T0), 0.0);
+    }
+
+    #[test]
+    fn rules_sharing_labels_share_counters_and_are_written_once() {
+        let first = RuleStats::new("d", "r", None);
+        let second = RuleStats::sharing(first.labels().clone(), None, first.counters().clone());
+        first.record(T0, 2, false, false, false);
+        second.record(T0, 3, false, false, false);
+        let mut series = RuleSeries::default();
+        first.write(T0, &mut series);
+        second.write(T0, &mut series);
+        let mut text = String::new();
+        series.write_to(&mut text);
+        assert_eq!(text.matches("tollgate_hits_total{").count(), 1, "{text}");
+        assert!(
+            text.contains("tollgate_hits_total{domain=\"d\",limit=\"r\"} 5\n"),
+            "{text}"
+        );
     }
 }

@@ -1,8 +1,8 @@
 //! The `/metrics` text, read back into families of typed samples.
 //!
 //! OTLP pushes the series `/metrics` serves, and the one place that knows all of them is the
-//! rendered exposition: the exporter's registry is private, some gauges exist only once
-//! `refresh_gauges` has run, and the latency histogram is rendered by hand. Reading the text
+//! rendered exposition: the exporter's registry is private, and the per-rule series and the
+//! latency histogram are written by hand at scrape time (`Limiter::render_metrics`). Reading the text
 //! tollgate itself just rendered keeps the two outputs identical by construction (same names,
 //! labels, values, help), at the cost of a parse per push, off the request path.
 //!
@@ -407,7 +407,16 @@ mod tests {
         let m = crate::metrics::Metrics::new();
         m.request(crate::metrics::Answer::Ok);
         m.latency.record(std::time::Duration::from_micros(30));
-        let s = parse(&m.render()).expect("the renderers' own output parses");
+        let limit = crate::bucket::Limit::new(10, 10, crate::unit::Unit::Minute).expect("valid");
+        let rule = crate::metrics::RuleStats::new("d", "user", Some(limit));
+        rule.record(1_000_000_000, 3, true, false, false);
+        let mut series = crate::metrics::RuleSeries::default();
+        rule.write(1_000_000_000, &mut series);
+        let mut text = m.render();
+        series.write_to(&mut text);
+        let s = parse(&text).expect("the renderers' own output parses");
+        assert!(s.family("tollgate_hits_total").is_some(), "{text}");
+        assert!(s.family("token_bucket_rejection_rate").is_some(), "{text}");
         assert!(matches!(
             s.family("tollgate_request_duration_seconds").map(|f| &f.points),
             Some(Points::Histogram(h)) if h[0].count == 1 && h[0].counts[1] == 1

@@ -30,6 +30,42 @@ async fn a_valid_change_is_swapped_in_and_unchanged_rules_keep_their_buckets() {
 }
 
 #[tokio::test]
+async fn a_removed_rule_is_no_longer_exported_and_a_changed_rule_counts_on() {
+    let mut h = Harness::start(V1).await;
+    h.ask(request("d", vec![with_hits(desc(&[("a", "x")]), 3)]))
+        .await;
+    h.ask(request("d", vec![with_hits(desc(&[("b", "x")]), 3)]))
+        .await;
+    let before = h.get_text("/metrics").await;
+    assert!(before.contains("limit=\"b\""), "{before}");
+    // Rule b goes; rule a changes its limit (a new rule id, so fresh buckets).
+    write(
+        h.dir.path(),
+        "config.yaml",
+        "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: hour, requests_per_unit: 6}\n",
+    );
+    eventually("the new config is served", async || {
+        h.get_text("/rlconfig")
+            .await
+            .contains("requests_per_unit=6")
+    })
+    .await;
+    let after = h.get_text("/metrics").await;
+    assert!(
+        !after.contains("limit=\"b\""),
+        "every series of the removed rule is gone: {after}"
+    );
+    assert!(
+        after.contains("tollgate_hits_total{domain=\"d\",limit=\"a\"} 3\n"),
+        "the changed rule's counter counts on: {after}"
+    );
+    assert!(
+        after.contains("token_bucket_capacity{domain=\"d\",limit=\"a\"} 6\n"),
+        "its gauges are the new limit's: {after}"
+    );
+}
+
+#[tokio::test]
 async fn an_invalid_change_is_refused_counted_and_the_old_config_keeps_serving() {
     let mut h = Harness::start(V1).await;
     write(h.dir.path(), "config.yaml", "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: fortnight, requests_per_unit: 1}\n");
