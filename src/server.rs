@@ -155,10 +155,10 @@ pub async fn start_with_clock(
     );
     // A replicated node is not ready until it holds its peers' state: answering from an empty
     // view would create fresh buckets that override what the cluster consumed.
-    let readiness = Arc::new(Readiness::new(!replication.enabled()));
-    metrics
-        .ready
-        .set(if replication.enabled() { 0.0 } else { 1.0 });
+    let readiness = Arc::new(Readiness::new(
+        !replication.enabled(),
+        metrics.ready.clone(),
+    ));
 
     let serving_tls = crate::tls::ServingListeners::load(&settings, &metrics)?;
     let telemetry = crate::telemetry::Telemetry::start(&settings)?;
@@ -273,13 +273,11 @@ pub async fn start_with_clock(
     let done = tokio::spawn({
         let stop = stop.clone();
         let readiness = readiness.clone();
-        let metrics = metrics.clone();
         let timeout = settings.shutdown_timeout;
         async move {
             stop.cancelled().await;
             info!("shutting down: health NOT_SERVING, finishing in-flight requests");
             readiness.set_draining();
-            metrics.ready.set(0.0);
             health
                 .set_service_status("", ServingStatus::NotServing)
                 .await;
@@ -292,7 +290,13 @@ pub async fn start_with_clock(
             grpc_stop.cancel();
             http_stop.cancel();
             background.cancel();
-            let finished = tokio::time::timeout(timeout, async {
+            // One deadline for the whole shutdown, so its worst case is `timeout` and the
+            // chart's grace period can be checked against it. The drain may take three
+            // quarters of it: the handoff (what loses nothing) always gets the rest.
+            let start = tokio::time::Instant::now();
+            let deadline = start + timeout;
+            let drained_by = start + timeout.mul_f64(0.75);
+            let finished = tokio::time::timeout_at(drained_by, async {
                 let g = grpc.await;
                 let h = http.await;
                 (g, h)
@@ -305,20 +309,20 @@ pub async fn start_with_clock(
                     .and_then(|_| h.context("HTTP server task"))
                     .and_then(|r| r.context("HTTP server")),
                 Err(_) => {
-                    warn!(?timeout, "shutdown timed out with requests still in flight");
+                    warn!(?timeout, "shutdown: requests still in flight at the drain's share of --shutdown-timeout; handing off");
                     Ok(())
                 }
             };
             // No more admissions now: hand what this node admitted to its peers.
             if let Some(r) = replicator {
-                r.hand_off(timeout).await;
-                r.stop().await;
+                r.hand_off(deadline).await;
+                r.stop(deadline).await;
             }
             if let Some(p) = metrics_push {
-                p.stop().await;
+                p.stop(deadline).await;
             }
             if let Some(t) = telemetry {
-                t.shutdown().await;
+                t.shutdown(deadline).await;
             }
             served?;
             info!("shutdown complete");

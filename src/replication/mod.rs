@@ -481,7 +481,6 @@ impl Shared {
             }
             self.synced.store(true, Ordering::Release);
             self.readiness.set_synced(true);
-            self.limiter.metrics().ready.set(1.0);
             info!(elapsed = ?self.started.elapsed(), "synced with peers: ready");
         }
     }
@@ -621,8 +620,7 @@ impl Replicator {
 
     /// Shutdown handoff: push every pending change to every connected peer and wait (bounded)
     /// for their acknowledgements, so a node scaled down loses nothing it admitted.
-    pub async fn hand_off(&self, timeout: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
+    pub async fn hand_off(&self, deadline: tokio::time::Instant) -> bool {
         let mut buf = Vec::new();
         self.shared.fan_out(&mut buf);
         loop {
@@ -685,15 +683,13 @@ impl Replicator {
         }
     }
 
-    /// Stop every link and the peer server, and wait (bounded) until the peer port is free.
-    pub async fn stop(mut self) {
+    /// Stop every link and the peer server, and wait until the peer port is free or
+    /// `deadline` (the shutdown's) passes.
+    pub async fn stop(mut self, deadline: tokio::time::Instant) {
         self.stop.cancel();
         let server = &mut self.server;
-        if tokio::time::timeout(Duration::from_secs(5), server)
-            .await
-            .is_err()
-        {
-            warn!("peer server did not stop within 5 s");
+        if tokio::time::timeout_at(deadline, server).await.is_err() {
+            warn!("peer server had not stopped by the shutdown deadline");
         }
     }
 

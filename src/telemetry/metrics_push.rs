@@ -107,10 +107,16 @@ impl MetricsPush {
     }
 
     /// Push once more (the final counts), then end.
-    pub async fn stop(self) {
+    /// Stop pushing; a push in progress gets until `deadline` (the shutdown's).
+    pub async fn stop(mut self, deadline: tokio::time::Instant) {
         self.stop.cancel();
-        if let Err(e) = self.task.await {
-            warn!(error = %e, "the OTLP metrics push task failed");
+        match tokio::time::timeout_at(deadline, &mut self.task).await {
+            Ok(Err(e)) => warn!(error = %e, "the OTLP metrics push task failed"),
+            Ok(Ok(())) => {}
+            Err(_) => {
+                warn!("an OTLP metrics push was still running at the shutdown deadline");
+                self.task.abort();
+            }
         }
     }
 }

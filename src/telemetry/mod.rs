@@ -96,12 +96,16 @@ impl Telemetry {
     }
 
     /// Export what is still buffered, then stop. Blocks a thread of its own, not a worker.
-    pub async fn shutdown(self) {
+    /// Flush the spans not yet exported, until `deadline` (the shutdown's) at the latest: the
+    /// flush runs on the blocking pool, and past the deadline the process exits without it.
+    pub async fn shutdown(self, deadline: tokio::time::Instant) {
         let provider = self.provider;
-        match tokio::task::spawn_blocking(move || provider.shutdown()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "flushing traces at shutdown failed"),
-            Err(e) => tracing::warn!(error = %e, "flushing traces at shutdown panicked"),
+        let flush = tokio::task::spawn_blocking(move || provider.shutdown());
+        match tokio::time::timeout_at(deadline, flush).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "flushing traces at shutdown failed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "flushing traces at shutdown panicked"),
+            Err(_) => tracing::warn!("traces not flushed by the shutdown deadline"),
         }
     }
 }

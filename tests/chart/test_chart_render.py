@@ -312,6 +312,10 @@ def test_pod_runs_non_root_on_a_read_only_root_filesystem_without_capabilities()
 
 
 def test_grace_period_covers_pre_stop_and_the_shutdown_handoff():
+    """The process's worst case after SIGTERM is --shutdown-timeout itself, drain and handoff
+    included (one deadline: the cluster test
+    one_deadline_bounds_the_whole_shutdown_with_a_held_request_and_a_frozen_peer measures it
+    with a request that never ends and a frozen peer). Before SIGTERM comes the preStop sleep."""
     docs = render()
     pod = only(docs, "Deployment")["spec"]["template"]["spec"]
     c = container(docs)

@@ -11,6 +11,10 @@ mod network;
 #[path = "../support/ports.rs"]
 mod ports;
 mod processes;
+// Only part of the raw HTTP/2 helpers is needed here.
+#[allow(dead_code)]
+#[path = "../support/raw_h2.rs"]
+mod raw_h2;
 mod restart;
 mod sync;
 mod tls;

@@ -229,3 +229,79 @@ async fn a_handoff_with_no_peer_reachable_says_so_instead_of_claiming_success() 
         "no handoff is claimed:\n{text}"
     );
 }
+
+/// The worst case the chart's grace period must cover: a request that never ends holds the
+/// drain, and a frozen peer (`SIGSTOP`: its connections open, nothing acknowledged) holds the
+/// handoff and the peer server's stop. `--shutdown-timeout` is one deadline for all of it;
+/// it once applied to the drain and the handoff in turn, plus a fixed 5 s for the stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_deadline_bounds_the_whole_shutdown_with_a_held_request_and_a_frozen_peer() {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("limits.yaml"), LIMITS).expect("config");
+    let (pa, pb) = (free_port(), free_port());
+    let slow = [
+        "--shutdown-timeout",
+        "2s",
+        "--peer-timeout",
+        "20s",
+        "--peer-dead-after",
+        "30s",
+    ];
+    let mut a = spawn_tollgate("a", dir.path(), pa, &[pb], &slow);
+    let b = spawn_tollgate("b", dir.path(), pb, &[pa], &slow);
+    ready(&a).await;
+    ready(&b).await;
+    let stopped = Command::new("kill")
+        .args(["-STOP", &b.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(stopped.success());
+    // Admitted on a, never acknowledged by the frozen b: the handoff waits for it.
+    let r = client(&a)
+        .await
+        .should_rate_limit(req("held", 5))
+        .await
+        .expect("answered")
+        .into_inner();
+    assert_eq!(r.overall_code, 1);
+    let _held = hold_request(a.grpc);
+    let sent = Instant::now();
+    let term = Command::new("kill")
+        .args(["-TERM", &a.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(term.success());
+    let status = loop {
+        if let Some(s) = a.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(20),
+            "no exit within 20 s of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let took = sent.elapsed();
+    let _ = Command::new("kill")
+        .args(["-CONT", &b.child.id().to_string()])
+        .status();
+    assert!(status.success(), "{status}");
+    eprintln!("exit {took:?} after SIGTERM with --shutdown-timeout 2s");
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_millis(2800),
+        "the whole shutdown takes the one deadline, not more: {took:?}"
+    );
+}
+
+/// A connection to the gRPC port `port` with one ShouldRateLimit request open: its headers
+/// sent, its body never. The server counts it in flight until the connection closes.
+fn hold_request(port: u16) -> std::net::TcpStream {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connects");
+    crate::raw_h2::h2_handshake(&mut s);
+    std::io::Write::write_all(
+        &mut s,
+        &crate::raw_h2::frame(0x1, 0x4, 1, &crate::raw_h2::request_headers()),
+    )
+    .expect("headers");
+    s
+}

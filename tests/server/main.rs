@@ -12,5 +12,7 @@ mod key_budget;
 mod metrics;
 #[path = "../support/ports.rs"]
 mod ports;
+#[path = "../support/raw_h2.rs"]
+mod raw_h2;
 mod reload;
 mod token_budget;
