@@ -4,7 +4,8 @@
 //! `build.rs`, where every problem can be reported instead of just the first one. Unknown keys
 //! are refused here, as the reference refuses them, so a typo such as `requests_per_units`
 //! fails loudly instead of silently dropping a limit; `schema.rs` then finds every other
-//! unknown key of the document, so one typo does not hide the rest.
+//! unknown key and wrong-typed value of the document, trying each value against these same
+//! structs, so one mistake does not hide the rest.
 //!
 //! Scalars are read the way the reference's YAML library (go-yaml v2) reads them, so files
 //! written for it keep working: a string field takes any scalar as written (`value: 429` is the
@@ -109,8 +110,10 @@ pub(crate) struct YamlReplaces {
 /// Empty documents (a stray trailing `---`) are skipped, but a file with no document at all is
 /// an empty root, which the builder refuses for its empty domain, as the reference does.
 ///
-/// A document with unknown keys is refused with all of them (`schema::unknown_keys`) and is
-/// still returned, read without them, so that the builder reports its other problems too.
+/// A document serde refuses (an unknown key, a value of the wrong type) is refused with every
+/// such problem (`schema::recover`) and is still returned, read without them, so that the
+/// builder reports its other problems too. A document that is not even a plain YAML tree (a
+/// syntax error) stops the file there.
 ///
 /// serde_yaml_ng 0.10 panics on some malformed input (fuzzing found "unexpected end of
 /// mapping" in its `deserialize_option`): such a panic is caught and the file refused with an
@@ -144,12 +147,14 @@ fn parse_documents(file: &str, contents: &str) -> (Vec<YamlRoot>, Vec<ConfigErro
                 let first = ConfigError::from_yaml(file, &err);
                 let unknown_key = first.message.contains("unknown field `");
                 errors.push(first);
-                if !unknown_key {
-                    // A syntax or type error: the rest of the file cannot be read reliably.
-                    return (roots, errors);
-                }
-                if let Some(root) = schema::recover(file, contents, index, &mut errors) {
-                    roots.push(root);
+                match schema::recover(file, contents, index, &mut errors) {
+                    Some(root) => roots.push(root),
+                    // The later documents are still read after an unknown key, as they always
+                    // were.
+                    None if unknown_key => {}
+                    // Not even a plain tree (a syntax error, say): the rest of the file
+                    // cannot be read reliably.
+                    None => return (roots, errors),
                 }
             }
         }

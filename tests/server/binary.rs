@@ -45,6 +45,29 @@ fn check_config_prints_every_error_with_its_file_and_fails() {
 }
 
 #[test]
+fn check_config_prints_every_type_error_of_a_file_with_its_line() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let f = dir.path().join("types.yaml");
+    std::fs::write(&f, "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: second, requests_per_unit: lots}\n  - key: b\n    shadow_mode: maybe\n").expect("write");
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&f)
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("types.yaml:4:")
+            && err.contains("descriptors[0].rate_limit.requests_per_unit"),
+        "{err}"
+    );
+    assert!(
+        err.contains("types.yaml:6:") && err.contains("descriptors[1].shadow_mode"),
+        "{err}"
+    );
+}
+
+#[test]
 fn serve_refuses_an_invalid_config_at_start_with_the_errors() {
     let dir = tempfile::tempdir().expect("tmp");
     std::fs::write(dir.path().join("bad.yaml"), "domain: \"\"\n").expect("write");

@@ -364,3 +364,81 @@ fn a_file_on_which_the_yaml_parser_panics_is_refused_with_an_error() {
         "{shown}"
     );
 }
+
+/// `(line, message)` of each error, for readable assertions.
+fn lines_and_messages(yaml: &str) -> Vec<(Option<usize>, String)> {
+    errors(yaml)
+        .0
+        .into_iter()
+        .map(|e| (e.line, e.message))
+        .collect()
+}
+
+#[test]
+fn every_type_error_of_a_file_is_reported_with_its_place_and_line() {
+    let found = lines_and_messages(
+        "domain: d\ndescriptors:\n  - key: a\n    rate_limit:\n      unit: second\n      requests_per_unit: lots\n  - key: b\n    rate_limit: {unit: second, requests_per_unit: 5}\n    descriptors: 5\n  - key: c\n    shadow_mode: maybe\n  - key: e\n    rate_limit: {unit: second, requests_per_unit: -2}\n",
+    );
+    let expected = [
+        (
+            6,
+            "descriptors[0].rate_limit.requests_per_unit: invalid type",
+        ),
+        (9, "descriptors[1].descriptors: invalid type"),
+        (11, "descriptors[2].shadow_mode: invalid value"),
+        (
+            13,
+            "descriptors[3].rate_limit.requests_per_unit: invalid value",
+        ),
+    ];
+    assert_eq!(found.len(), expected.len(), "{found:#?}");
+    for ((line, message), (want_line, want)) in found.iter().zip(expected) {
+        assert_eq!(*line, Some(want_line), "{found:#?}");
+        assert!(message.contains(want), "{message} lacks {want}");
+    }
+}
+
+#[test]
+fn a_type_error_an_unknown_key_and_a_rule_error_of_one_file_are_all_reported() {
+    let found = lines_and_messages(
+        "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: second, requests_per_unit: 1, burst: many}\n  - key: b\n    valu: v\n  - key: c\n    rate_limit: {unit: fortnight, requests_per_unit: 1}\n",
+    );
+    assert_eq!(found.len(), 3, "{found:#?}");
+    assert_eq!(found[0].0, Some(4), "{found:#?}");
+    assert!(
+        found[0].1.contains("descriptors[0].rate_limit.burst"),
+        "{found:#?}"
+    );
+    assert_eq!(found[1].0, Some(6), "{found:#?}");
+    assert!(found[1].1.contains("unknown field `valu`"), "{found:#?}");
+    assert!(found[2].1.contains("'fortnight'"), "{found:#?}");
+}
+
+#[test]
+fn a_list_item_that_is_not_a_mapping_is_reported_and_the_others_still_checked() {
+    let found = lines_and_messages(
+        "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: hourly, requests_per_unit: 1}\n  - 5\n  - key: b\n    rate_limits: [[1]]\n",
+    );
+    assert_eq!(found.len(), 3, "{found:#?}");
+    assert_eq!(found[0].0, Some(5), "{found:#?}");
+    assert!(
+        found[0].1.contains("descriptors[1]: invalid type"),
+        "{found:#?}"
+    );
+    assert_eq!(found[1].0, Some(7), "{found:#?}");
+    assert!(
+        found[1].1.contains("descriptors[2].rate_limits[0]"),
+        "{found:#?}"
+    );
+    assert!(found[2].1.contains("'hourly'"), "{found:#?}");
+}
+
+#[test]
+fn type_errors_in_two_documents_of_a_file_are_each_reported() {
+    let found = lines_and_messages(
+        "domain: a\ndescriptors:\n  - key: k\n    detailed_metric: sometimes\n---\ndomain: b\ndescriptors:\n  - key: k\n    value: [x]\n",
+    );
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert_eq!((found[0].0, found[1].0), (Some(4), Some(9)), "{found:#?}");
+    assert!(found[1].1.contains("descriptors[0].value"), "{found:#?}");
+}
