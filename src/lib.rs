@@ -7,6 +7,7 @@
 pub mod bucket;
 pub mod clock;
 pub mod config;
+pub mod fast_map;
 pub mod http;
 pub mod limiter;
 pub mod listener;

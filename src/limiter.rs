@@ -104,7 +104,7 @@ pub struct Active {
     /// Indexed like `config.rules()`.
     rules: Vec<RuleMetrics>,
     /// Limit overrides carry their own limit, so they are counted per domain, not per rule.
-    overrides: HashMap<String, RuleMetrics>,
+    overrides: crate::fast_map::FastMap<String, RuleMetrics>,
 }
 
 impl Active {

@@ -63,7 +63,7 @@ pub(crate) fn build(
     // whatever order the files were read in.
     kept.sort_by(|a, b| a.0.cmp(&b.0));
     let mut rules = Vec::new();
-    let mut domains = HashMap::new();
+    let mut domains = crate::fast_map::FastMap::default();
     for (domain, parts) in &kept {
         let mut level = Level::default();
         let mut seen = HashSet::new();

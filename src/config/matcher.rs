@@ -6,7 +6,7 @@
 //! descriptor allocates nothing; it runs for every descriptor of every request.
 
 use super::glob::Glob;
-use std::collections::HashMap;
+use crate::fast_map::FastMap;
 
 /// One level of descriptors: the children of a domain or of a descriptor.
 #[derive(Debug, Default)]
@@ -14,12 +14,12 @@ pub(crate) struct Level {
     /// The descriptors in config order: what render, fingerprint and rules() walk.
     pub(crate) nodes: Vec<Node>,
     /// Per key, where to find the node for a value.
-    by_key: HashMap<Box<str>, KeyBranch>,
+    by_key: FastMap<Box<str>, KeyBranch>,
 }
 
 #[derive(Debug, Default)]
 struct KeyBranch {
-    exact: HashMap<Box<str>, usize>,
+    exact: FastMap<Box<str>, usize>,
     /// Config order: the first matching pattern wins.
     wildcards: Vec<(Glob, usize)>,
     key_only: Option<usize>,

@@ -26,7 +26,6 @@ pub use load::{load_path, read_path, read_path_within};
 
 use crate::unit::Unit;
 use matcher::Level;
-use std::collections::HashMap;
 
 /// The limit of a rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -158,7 +157,7 @@ impl<'a> DomainRules<'a> {
 /// The loaded rules of every domain. Immutable; `Send + Sync`.
 #[derive(Debug)]
 pub struct RateLimitConfig {
-    domains: HashMap<Box<str>, Level>,
+    domains: crate::fast_map::FastMap<Box<str>, Level>,
     /// Sorted, for deterministic listing and fingerprinting.
     domain_names: Vec<Box<str>>,
     /// Every rule, sorted by domain then in config order (depth first); nodes index into it.

@@ -12,7 +12,7 @@
 //! budget's slot so GC can give the room back. Keys created by replication (whose rule this
 //! node does not know at merge time) go to slot 0, which has no reservation.
 
-use std::collections::HashMap;
+use crate::fast_map::FastMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arc_swap::ArcSwap;
@@ -26,7 +26,7 @@ pub const OVERRIDES: u64 = u64::MAX;
 pub struct Budgets {
     max_keys: usize,
     /// Rule id -> slot, replaced whole on reload; read lock-free when a key is created.
-    slots: ArcSwap<HashMap<u64, u32>>,
+    slots: ArcSwap<FastMap<u64, u32>>,
     /// Slots handed out so far (slot 0 is the unattributed one).
     next_slot: AtomicUsize,
     live: Box<[AtomicUsize]>,
@@ -43,7 +43,7 @@ impl Budgets {
     pub fn new(max_keys: usize) -> Budgets {
         Budgets {
             max_keys,
-            slots: ArcSwap::from_pointee(HashMap::new()),
+            slots: ArcSwap::from_pointee(FastMap::default()),
             next_slot: AtomicUsize::new(1),
             live: (0..SLOTS).map(|_| AtomicUsize::new(0)).collect(),
             pooled: AtomicUsize::new(0),
@@ -57,7 +57,7 @@ impl Budgets {
     /// reservation of half of `max_keys`.
     pub fn set_rules(&self, rules: impl IntoIterator<Item = u64>) {
         let old = self.slots.load();
-        let mut map = HashMap::new();
+        let mut map = FastMap::default();
         for id in rules {
             let slot = match old.get(&id) {
                 Some(&s) => s,
