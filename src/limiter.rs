@@ -349,7 +349,6 @@ impl Limiter {
         Ok(respond::response(req, &decision, &self.options.response))
     }
 
-    /// Bring every gauge up to date; called at scrape time.
     /// The `/metrics` text: the service's own series, then the served config's rules' (scrape
     /// time: off the request path, see `http::scrape`).
     pub fn render_metrics(&self) -> String {
