@@ -29,6 +29,7 @@ use crate::metrics::{
     DetailedSeries, Metrics, RuleCounters, RuleSeries, RuleStats, SeriesLabels, DEFAULT_SERIES_CAP,
 };
 use crate::rls::respond::{self, ResponseOptions};
+use crate::store::budget::Budgets;
 use crate::store::Store;
 
 pub use decide::{Decision, LimitedOutcome, Outcome};
@@ -173,11 +174,15 @@ impl Active {
         self.rules.iter().chain(self.overrides.values())
     }
 
-    /// Write the per-rule series as of `now`: only this config's rules have any, so a rule
-    /// a reload removed is no longer exported.
-    fn write_series(&self, now: i64, out: &mut RuleSeries) {
-        for m in self.all() {
-            m.stats.write(now, out);
+    /// Write the per-rule series as of `now`, with each rule's live keys from `budgets`: only
+    /// this config's rules have any, so a rule a reload removed is no longer exported. (Limit
+    /// overrides share one budget slot across domains, so their series show no live keys.)
+    fn write_series(&self, now: i64, budgets: &Budgets, out: &mut RuleSeries) {
+        for (r, m) in self.config.rules().zip(&self.rules) {
+            m.stats.write(now, budgets.live_of(r.id), out);
+        }
+        for m in self.overrides.values() {
+            m.stats.write(now, 0, out);
         }
         for d in self.rules.iter().filter_map(|m| m.detailed.as_ref()) {
             d.write(out);
@@ -354,12 +359,9 @@ impl Limiter {
     pub fn render_metrics(&self) -> String {
         let now = self.clock.now();
         let active = self.active.load();
-        for (r, m) in active.config.rules().zip(&active.rules) {
-            m.stats.set_live_keys(self.store.budgets().live_of(r.id));
-        }
         self.metrics.live_keys.set(self.store.live_keys() as f64);
         let mut series = RuleSeries::default();
-        active.write_series(now, &mut series);
+        active.write_series(now, self.store.budgets(), &mut series);
         let mut out = self.metrics.render();
         series.write_to(&mut out);
         out

@@ -4,9 +4,10 @@
 //! a registry lookup (and an allocation) on every request, against this module's rule that the
 //! request path only does atomic adds. So the request path only adds to tallies of its own,
 //! found by label under a read lock (a write lock once per new label), and the tallies are
-//! written as counters at scrape time (with the rule series, so they go when the rule goes). A rule keeps at most `cap` labels: beyond
-//! that, new values are not tracked (the rule's own series still count them), and
-//! `tollgate_detailed_series_dropped_total` says how many hits went untracked.
+//! written as counters at scrape time, with the rule series (so they go when the rule goes).
+//! A rule keeps at most `cap` labels: beyond that, new values are not tracked (the rule's own
+//! series still count them), and `tollgate_detailed_series_dropped_total` says how many hits
+//! went untracked.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -47,7 +47,6 @@ pub struct RuleStats {
     labels: SeriesLabels,
     limit: Option<Limit>,
     counters: Arc<RuleCounters>,
-    live_keys: AtomicU64,
     /// Latest time any bucket of the rule will be full again: the most drained bucket's.
     full_at: AtomicI64,
     /// Since when some bucket of the rule has had no token, and until when it has none.
@@ -77,7 +76,6 @@ impl RuleStats {
             labels,
             limit,
             counters,
-            live_keys: AtomicU64::new(0),
             full_at: AtomicI64::new(0),
             empty_since: AtomicI64::new(0),
             empty_until: AtomicI64::new(0),
@@ -141,11 +139,6 @@ impl RuleStats {
         );
     }
 
-    /// The rule's live keys (set at scrape time).
-    pub fn set_live_keys(&self, n: usize) {
-        self.live_keys.store(n as u64, Ordering::Relaxed);
-    }
-
     /// Record a bucket's state after a decision: when it is full again, and whether it is out
     /// of tokens now.
     pub fn observe_bucket(&self, now: i64, full_at: i64, remaining: u64) {
@@ -199,9 +192,10 @@ impl RuleStats {
         (now - self.empty_since.load(Ordering::Relaxed)).max(0) as f64 / 1e9
     }
 
-    /// Write the rule's series as of `now` (scrape time). Nothing when another rule with the
-    /// same labels was written already: it shares these counters.
-    pub fn write(&self, now: i64, out: &mut RuleSeries) {
+    /// Write the rule's series as of `now` (scrape time), with `live_keys` its keys with a
+    /// bucket (the store counts those). Nothing when another rule with the same labels was
+    /// written already: it shares these counters.
+    pub fn write(&self, now: i64, live_keys: usize, out: &mut RuleSeries) {
         let l = &self.labels;
         if !out.claim(l) {
             return;
@@ -219,11 +213,7 @@ impl RuleStats {
         out.counter_with(Family::KeysOverBudget, l, ("action", "shared"), shared);
         out.counter_with(Family::KeysOverBudget, l, ("action", "denied"), denied);
         out.gauge(Family::RejectionRate, l, self.rejection_rate(now));
-        out.gauge(
-            Family::LiveKeys,
-            l,
-            self.live_keys.load(Ordering::Relaxed) as f64,
-        );
+        out.gauge(Family::LiveKeys, l, live_keys as f64);
         if let Some(limit) = self.limit {
             out.gauge(Family::Capacity, l, limit.capacity() as f64);
             out.gauge(Family::FillRate, l, limit.fill_rate_per_second());
@@ -266,7 +256,7 @@ mod tests {
         // A token comes back 6 s after the 10th request: then the delay is over.
         assert_eq!(stats.refill_delay(T0 + 90_000_000 + 6_000_000_000), 0.0);
         let mut series = RuleSeries::default();
-        stats.write(now, &mut series);
+        stats.write(now, 0, &mut series);
         let mut text = String::new();
         series.write_to(&mut text);
         assert!(
@@ -304,8 +294,8 @@ mod tests {
         first.record(T0, 2, false, false, false);
         second.record(T0, 3, false, false, false);
         let mut series = RuleSeries::default();
-        first.write(T0, &mut series);
-        second.write(T0, &mut series);
+        first.write(T0, 0, &mut series);
+        second.write(T0, 0, &mut series);
         let mut text = String::new();
         series.write_to(&mut text);
         assert_eq!(text.matches("tollgate_hits_total{").count(), 1, "{text}");

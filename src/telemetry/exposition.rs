@@ -411,7 +411,7 @@ mod tests {
         let rule = crate::metrics::RuleStats::new("d", "user", Some(limit));
         rule.record(1_000_000_000, 3, true, false, false);
         let mut series = crate::metrics::RuleSeries::default();
-        rule.write(1_000_000_000, &mut series);
+        rule.write(1_000_000_000, 0, &mut series);
         let mut text = m.render();
         series.write_to(&mut text);
         let s = parse(&text).expect("the renderers' own output parses");
