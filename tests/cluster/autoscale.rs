@@ -3,7 +3,6 @@
 //! two are scaled down with SIGTERM, while every live node is driven at the limit of one key.
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -137,24 +136,9 @@ impl Load {
     }
 }
 
-fn sigterm(m: &mut Member) {
-    let sent = Command::new("kill")
-        .args(["-TERM", &m.child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(sent.success());
-}
-
 async fn exited(m: &mut Member) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(s) = m.child.try_wait().expect("wait") {
-            assert!(s.success(), "{} exited with {s}", m.name);
-            return;
-        }
-        assert!(Instant::now() < deadline, "{} did not exit", m.name);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let s = exit_within(&mut m.child, Duration::from_secs(10)).await;
+    assert!(s.success(), "{} exited with {s}", m.name);
 }
 
 /// The scenario. `alias`: every seed is given under another address (a proxy) than the one
@@ -232,9 +216,7 @@ async fn autoscaler_scenario(alias: bool) {
         l.end().await;
     }
     if let Some(mut m) = members.remove(&1) {
-        let _ = Command::new("kill")
-            .args(["-9", &m.child.id().to_string()])
-            .status();
+        signal(&m.child, "KILL");
         let _ = m.child.wait();
     }
     let s3 = seed(ports[3]).await;
@@ -265,7 +247,7 @@ async fn autoscaler_scenario(alias: bool) {
             l.end().await;
         }
         if let Some(m) = members.get_mut(&i) {
-            sigterm(m);
+            signal(&m.child, "TERM");
         }
     }
     for i in [0usize, 3] {

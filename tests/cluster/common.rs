@@ -1,8 +1,8 @@
 pub use crate::ports::free_port;
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
@@ -307,5 +307,27 @@ pub fn spawn_tollgate_logged(
         child,
         grpc,
         http,
+    }
+}
+
+/// Send `signal` (`TERM`, `STOP`, `CONT`, ...) to a node's process, as kill(1) does.
+pub fn signal(child: &Child, signal: &str) {
+    let sent = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill runs");
+    assert!(sent.success(), "kill -{signal} {}", child.id());
+}
+
+/// Wait for a node's process to exit, at most `within`: its status.
+pub async fn exit_within(child: &mut Child, within: Duration) -> ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "no exit within {within:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

@@ -1,6 +1,5 @@
 //! Real `tollgate serve` processes replicating over loopback.
 
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -167,19 +166,8 @@ async fn sigterm_hands_off_before_exit() {
         .into_inner();
     assert_eq!(r.overall_code, 1);
     let mut leaving = leaving;
-    let sent = Command::new("kill")
-        .args(["-TERM", &leaving.child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(sent.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = leaving.child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "no exit within 10 s of SIGTERM");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    signal(&leaving.child, "TERM");
+    let status = exit_within(&mut leaving.child, Duration::from_secs(10)).await;
     assert!(status.success(), "{status}");
     for p in &procs {
         assert_eq!(remaining(p, "bye").await, 45);
@@ -209,16 +197,8 @@ async fn a_handoff_with_no_peer_reachable_says_so_instead_of_claiming_success() 
     .await;
     // Something admitted, so there is state to hand off.
     let _ = client(&p).await.should_rate_limit(req("fast", 1)).await;
-    let sent = Command::new("kill")
-        .args(["-TERM", &p.child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(sent.success());
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while p.child.try_wait().expect("wait").is_none() {
-        assert!(Instant::now() < deadline, "did not exit after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    signal(&p.child, "TERM");
+    exit_within(&mut p.child, Duration::from_secs(15)).await;
     let text = std::fs::read_to_string(&log).expect("log");
     assert!(
         text.contains("no peer is connected, so no peer acknowledged"),
@@ -251,11 +231,7 @@ async fn one_deadline_bounds_the_whole_shutdown_with_a_held_request_and_a_frozen
     let b = spawn_tollgate("b", dir.path(), pb, &[pa], &slow);
     ready(&a).await;
     ready(&b).await;
-    let stopped = Command::new("kill")
-        .args(["-STOP", &b.child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(stopped.success());
+    signal(&b.child, "STOP");
     // Admitted on a, never acknowledged by the frozen b: the handoff waits for it.
     let r = client(&a)
         .await
@@ -266,25 +242,10 @@ async fn one_deadline_bounds_the_whole_shutdown_with_a_held_request_and_a_frozen
     assert_eq!(r.overall_code, 1);
     let _held = hold_request(a.grpc);
     let sent = Instant::now();
-    let term = Command::new("kill")
-        .args(["-TERM", &a.child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(term.success());
-    let status = loop {
-        if let Some(s) = a.child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(
-            sent.elapsed() < Duration::from_secs(20),
-            "no exit within 20 s of SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    signal(&a.child, "TERM");
+    let status = exit_within(&mut a.child, Duration::from_secs(20)).await;
     let took = sent.elapsed();
-    let _ = Command::new("kill")
-        .args(["-CONT", &b.child.id().to_string()])
-        .status();
+    signal(&b.child, "CONT");
     assert!(status.success(), "{status}");
     eprintln!("exit {took:?} after SIGTERM with --shutdown-timeout 2s");
     assert!(

@@ -191,22 +191,7 @@ fn serves_the_embedded_config_from_env_addresses_and_exits_cleanly_on_sigterm() 
         "embedded example served: {config}"
     );
     // SIGTERM: graceful shutdown, exit 0.
-    let sent = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(sent.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("did not exit within 10 s of SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let (status, _) = crate::common::terminate(&mut child, Duration::from_secs(10));
     let mut err = String::new();
     child
         .stderr

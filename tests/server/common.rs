@@ -1,6 +1,7 @@
 use std::path::Path;
+use std::process::{Child, Command, ExitStatus};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::{
     Entry, RateLimitOverride,
@@ -137,4 +138,25 @@ pub async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("timed out waiting for: {what}");
+}
+
+/// SIGTERM the binary and wait for it to exit, at most `within` (then it is killed and the
+/// test fails): its status, and how long the shutdown took.
+pub fn terminate(child: &mut Child, within: Duration) -> (ExitStatus, Duration) {
+    let sent = Instant::now();
+    let signalled = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(signalled.success());
+    loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            return (s, sent.elapsed());
+        }
+        if sent.elapsed() > within {
+            let _ = child.kill();
+            panic!("did not exit within {within:?} of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

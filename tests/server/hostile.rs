@@ -469,23 +469,7 @@ fn shutdown_does_not_wait_for_a_reload_in_progress() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    let sent = Instant::now();
-    let status = Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-    let exited = loop {
-        if let Some(s) = server.child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(
-            sent.elapsed() < Duration::from_secs(30),
-            "still running 30 s after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let took = sent.elapsed();
+    let (exited, took) = crate::common::terminate(&mut server.child, Duration::from_secs(30));
     let logs = server.logs();
     assert!(exited.success(), "{exited:?}: {logs}");
     assert!(
