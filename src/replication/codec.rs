@@ -26,6 +26,8 @@ pub enum FrameError {
     },
     #[error("frame names more replicas than this node admits (--max-members bounds them)")]
     TooManyReplicas,
+    #[error("Ping reports {listed} nodes, more than the member bound ({max}, --max-members)")]
+    TooManyNodes { listed: usize, max: usize },
     #[error("frame has no kind (empty oneof)")]
     Empty,
     #[error("unexpected {0} frame")]

@@ -12,9 +12,20 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use rand::Rng;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Faults {
     state: Mutex<State>,
+    /// Bumped on every cut and heal: an idle link wakes to check whether it was cut.
+    changes: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Faults {
+            state: Mutex::new(State::default()),
+            changes: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -54,6 +65,7 @@ impl Faults {
     /// Nodes `a` and `b` can no longer reach each other (both directions).
     pub fn cut(&self, a: &str, b: &str) {
         self.state.lock().cut.insert(pair(a, b));
+        self.changed();
     }
 
     /// Split the cluster: every node of `side` is cut from every node of `rest`.
@@ -68,6 +80,16 @@ impl Faults {
     /// Every cut is healed.
     pub fn heal(&self) {
         self.state.lock().cut.clear();
+        self.changed();
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|v| *v += 1);
+    }
+
+    /// Notified of every cut and heal.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     pub fn is_cut(&self, a: &str, b: &str) -> bool {

@@ -1,17 +1,16 @@
 //! The stream this node dials to one peer, carrying this node's changes out.
 //!
-//! A peer seen for the first time, or with a new incarnation (it restarted and lost its
-//! memory), gets a full snapshot, shard by shard in frames of at most `max_frame_bytes`, then
-//! SnapshotEnd. A peer that reconnects with the same incarnation gets the changes it missed,
-//! then SnapshotEnd too: either way SnapshotEnd tells it that it is caught up with this node.
-//! After that, every `sync_interval` the keys changed since the last frame, the most drained
-//! first. A frame is acknowledged by its own sequence number; one not acknowledged in time
-//! (lost, or the stream broke) is queued again: merging is idempotent, so a resend is always
-//! safe.
+//! A session has three phases, each a function here: the handshake (dial, Hellos, checks), the
+//! catch-up (a peer seen for the first time, or with a new incarnation, gets a full snapshot,
+//! shard by shard in frames of at most `max_frame_bytes`; one that reconnects with the same
+//! incarnation gets the changes it missed; SnapshotEnd either way), and the steady phase: the
+//! keys fan-out rounds hand the link ([`super::dissemination`] decides which), resends of what
+//! goes unacknowledged ([`super::outbox`]), membership messages, and the node's report of whom
+//! it hears from. An idle link wakes only for its keepalive.
 //!
 //! The link also tells the rest of replication what the peer has seen: the latest fan-out
-//! round whose changes it acknowledged (the burst guard waits on it) and when it last heard
-//! from the peer (fair-share mode starts when a member goes quiet).
+//! round whose changes it acknowledged (the burst guard waits on it) and whether it is
+//! connected (fair-share mode starts when a member's link stays down).
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -23,22 +22,26 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tonic::Streaming;
 use tracing::{debug, info, warn};
 
 use super::codec::DeltaBuilder;
-use super::faults::Faults;
+use super::outbox::Outbox;
 use super::proto::frame::Kind;
 use super::proto::replication_client::ReplicationClient;
-use super::proto::{Frame, Gossip, Leave, Ping, SnapshotEnd};
+use super::proto::{Frame, Gossip, Hello, Leave, Ping, Pong, ReceivingFrom};
 use super::Shared;
 use crate::store::KeyId;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
-/// A frame not acknowledged for this long is sent again (with TCP underneath this only
-/// happens when a frame was lost to a fault or a stalled peer; duplicates merge harmlessly).
-const RESEND_AFTER: Duration = Duration::from_secs(1);
+/// An idle link pings its peer this often per ten members (at least every 2 s, at most every
+/// 30 s): often enough to re-measure the clock offset and keep the connection open, rare
+/// enough that a node's idle cost does not grow with the cluster. Liveness does not depend
+/// on it: the membership protocol probes a constant number of members per period.
+const KEEPALIVE_PER_TEN_MEMBERS: Duration = Duration::from_secs(2);
+const MAX_KEEPALIVE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Status {
@@ -63,15 +66,6 @@ const ALIAS_RETRY: Duration = Duration::from_secs(2);
 /// lost message like an unanswered probe).
 const MAX_GOSSIP_QUEUE: usize = 256;
 
-/// A frame sent and not acknowledged yet.
-pub(crate) struct InFlight {
-    seq: u64,
-    keys: Vec<KeyId>,
-    /// The fan-out round its keys were taken in.
-    round: u64,
-    sent: Instant,
-}
-
 pub(crate) struct Link {
     pub addr: String,
     /// Keys changed since they were last sent to this peer.
@@ -84,7 +78,10 @@ pub(crate) struct Link {
     /// Last ack or pong from the peer.
     last_heard: Mutex<Instant>,
     /// Every fan-out round up to this one is acknowledged by the peer.
-    acked_round: AtomicU64,
+    pub(super) acked_round: AtomicU64,
+    /// The latest fan-out round that gave this link keys: rounds after it gave it nothing,
+    /// so once the peer acknowledged this far it has acknowledged every round.
+    given_round: AtomicU64,
     /// The round at the last (re)connection: the peer is resynced once it acked this far.
     resync_round: AtomicU64,
     /// Dialed because a peer announced this address, not because it is configured.
@@ -98,12 +95,12 @@ pub(crate) struct Link {
     pub said_goodbye: std::sync::atomic::AtomicBool,
     /// Membership messages waiting for the stream.
     gossip: Mutex<VecDeque<bytes::Bytes>>,
-    unacked: AtomicUsize,
-    oldest_unacked: Mutex<Option<Instant>>,
+    pub(super) unacked: AtomicUsize,
+    pub(super) oldest_unacked: Mutex<Option<Instant>>,
     pub stop: CancellationToken,
-    frames_sent: Counter,
-    bytes_sent: Counter,
-    keys_sent: Counter,
+    pub(super) frames_sent: Counter,
+    pub(super) bytes_sent: Counter,
+    pub(super) keys_sent: Counter,
     up: Gauge,
     lag: Gauge,
     offset: Gauge,
@@ -128,6 +125,7 @@ impl Link {
             // a member (learned from a Hello, or from DNS) must not flap fair-share mode.
             last_heard: Mutex::new(Instant::now()),
             acked_round: AtomicU64::new(0),
+            given_round: AtomicU64::new(0),
             resync_round: AtomicU64::new(u64::MAX),
             learned,
             pushed: tokio::sync::Notify::new(),
@@ -191,10 +189,12 @@ impl Link {
         self.gossip.lock().drain(..).collect()
     }
 
-    /// Heard from within `timeout` (a link that never connected is alive only for its first
-    /// `timeout`).
+    /// Connected, or disconnected for less than `timeout` (a link that never connected is
+    /// alive only for its first `timeout`). A connected peer that stopped answering (frozen,
+    /// its connection still open) is the membership protocol's to find: it suspects it.
     pub fn alive(&self, now: Instant, timeout: Duration) -> bool {
-        now.saturating_duration_since(*self.last_heard.lock()) < timeout
+        self.connected_node().is_some()
+            || now.saturating_duration_since(*self.last_heard.lock()) < timeout
     }
 
     fn heard(&self) {
@@ -205,9 +205,27 @@ impl Link {
         self.acked_round.load(Ordering::Acquire)
     }
 
+    /// Fan-out round `round` gave this link keys.
+    pub fn given(&self, round: u64) {
+        self.given_round.store(round, Ordering::Release);
+    }
+
+    /// Every round up to the returned one is acknowledged by the peer, `current` being the
+    /// latest round: an idle link, or one that fan-out rounds have not given keys since its
+    /// peer's last acknowledgement, is acknowledged through `current` without sending a
+    /// thing.
+    pub fn acked_through(&self, current: u64) -> u64 {
+        let acked = self.acked_round();
+        if acked >= self.given_round.load(Ordering::Acquire) {
+            current.max(acked)
+        } else {
+            acked
+        }
+    }
+
     /// The peer acknowledged everything this node sent up to its last reconnection.
-    pub fn resynced(&self) -> bool {
-        self.acked_round() >= self.resync_round.load(Ordering::Acquire)
+    pub fn resynced(&self, current: u64) -> bool {
+        self.acked_through(current) >= self.resync_round.load(Ordering::Acquire)
     }
 
     /// Changes not yet acknowledged by the peer: queued plus in flight.
@@ -216,15 +234,16 @@ impl Link {
     }
 
     fn set_status(&self, s: Status) {
-        self.up.set(if matches!(s, Status::Connected { .. }) {
-            1.0
-        } else {
-            0.0
-        });
-        *self.status.lock() = s;
+        let connected = matches!(s, Status::Connected { .. });
+        self.up.set(if connected { 1.0 } else { 0.0 });
+        let was = std::mem::replace(&mut *self.status.lock(), s);
+        if !connected && matches!(was, Status::Connected { .. }) {
+            // Last known good: the peer timeout runs from the disconnection.
+            self.heard();
+        }
     }
 
-    fn update_lag(&self) {
+    pub(super) fn update_lag(&self) {
         let lag = self
             .oldest_unacked
             .lock()
@@ -234,7 +253,7 @@ impl Link {
 }
 
 /// Why a session ended.
-enum End {
+pub(crate) enum End {
     Unreachable(String),
     Refused(String),
     Myself,
@@ -302,205 +321,41 @@ pub(crate) async fn run(shared: Arc<Shared>, link: Arc<Link>) {
     }
 }
 
-/// The sending side of one session: numbers frames, remembers them until acknowledged, and
-/// publishes how far the peer has acknowledged.
-pub(crate) struct Outbox<'a> {
-    link: &'a Link,
-    faults: Option<&'a Faults>,
-    seq: u64,
-    in_flight: VecDeque<InFlight>,
-    /// Round of the last drain of the dirty set: everything up to it was sent or is in flight.
-    drained_round: u64,
-    /// Keys sent back to the dirty set since the last drain hold acks back to before their round.
-    requeued_floor: Option<u64>,
-    /// A frame held back to be sent after the next one (reorder fault).
-    held: Option<Frame>,
-}
-
-impl<'a> Outbox<'a> {
-    fn new(shared: &'a Shared, link: &'a Link) -> Self {
-        Outbox {
-            link,
-            faults: shared.settings.faults.as_deref(),
-            seq: 0,
-            in_flight: VecDeque::new(),
-            drained_round: link.acked_round(),
-            requeued_floor: None,
-            held: None,
-        }
-    }
-
-    /// Publish the latest round every change of which the peer acknowledged.
-    fn publish(&self) {
-        let mut r = self.drained_round;
-        if let Some(f) = self.in_flight.iter().map(|f| f.round).min() {
-            r = r.min(f.saturating_sub(1));
-        }
-        if let Some(f) = self.requeued_floor {
-            r = r.min(f);
-        }
-        self.link.acked_round.store(r, Ordering::Release);
-        self.link
-            .unacked
-            .store(self.in_flight.len(), Ordering::Release);
-        *self.link.oldest_unacked.lock() = self.in_flight.iter().map(|f| f.sent).min();
-        self.link.update_lag();
-    }
-
-    fn ack(&mut self, seq: u64) {
-        if let Some(i) = self.in_flight.iter().position(|f| f.seq == seq) {
-            self.in_flight.remove(i);
-        }
-        self.publish();
-    }
-
-    /// Put frames back into the dirty set: all of them, or those unacknowledged for too long.
-    fn requeue(&mut self, older_than: Option<Duration>) {
-        let now = Instant::now();
-        let mut dirty = self.link.dirty.lock();
-        let mut kept = VecDeque::new();
-        for f in self.in_flight.drain(..) {
-            if older_than.is_some_and(|d| now.duration_since(f.sent) < d) {
-                kept.push_back(f);
-                continue;
-            }
-            let floor = f.round.saturating_sub(1);
-            self.requeued_floor = Some(self.requeued_floor.map_or(floor, |r| r.min(floor)));
-            dirty.extend(f.keys);
-        }
-        drop(dirty);
-        self.in_flight = kept;
-        self.publish();
-    }
-
-    fn requeue_all(&mut self) {
-        self.requeue(None);
-    }
-
-    /// Take the dirty set, as of fan-out round `round`.
-    fn drain(&mut self, round: u64) -> Vec<KeyId> {
-        let keys: Vec<KeyId> = self.link.dirty.lock().drain().collect();
-        self.drained_round = round;
-        self.requeued_floor = None;
-        keys
-    }
-
-    async fn send(&mut self, tx: &mpsc::Sender<Frame>, f: Frame) -> Result<(), End> {
-        tokio::select! {
-            _ = self.link.stop.cancelled() => Err(End::Stopped),
-            r = tx.send(f) => r.map_err(|_| End::Broken("stream closed".into())),
-        }
-    }
-
-    /// Send one Delta (through the fault plan, in tests).
-    async fn send_delta(
-        &mut self,
-        tx: &mpsc::Sender<Frame>,
-        (mut delta, keys): (super::proto::Delta, Vec<KeyId>),
-        round: u64,
-    ) -> Result<(), End> {
-        self.seq += 1;
-        delta.seq = self.seq;
-        let n = keys.len() as u64;
-        let f = frame(Kind::Delta(delta));
-        let bytes = prost::Message::encoded_len(&f) as u64;
-        self.in_flight.push_back(InFlight {
-            seq: self.seq,
-            keys,
-            round,
-            sent: Instant::now(),
-        });
-        self.publish();
-        let fate = self.faults.map(Faults::fate).unwrap_or_default();
-        if !fate.delay.is_zero() {
-            // Latency, not bandwidth: the frame arrives later, the link carries on.
-            let (tx, delay) = (tx.clone(), fate.delay);
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                let _ = tx.send(f).await;
-            });
-            return Ok(());
-        }
-        if fate.drop {
-            return Ok(());
-        }
-        if fate.hold && self.held.is_none() {
-            self.held = Some(f);
-            return Ok(());
-        }
-        if fate.duplicate {
-            self.send(tx, f.clone()).await?;
-        }
-        self.send(tx, f).await?;
-        if let Some(h) = self.held.take() {
-            self.send(tx, h).await?;
-        }
-        self.link.frames_sent.increment(1);
-        self.link.bytes_sent.increment(bytes);
-        self.link.keys_sent.increment(n);
-        Ok(())
-    }
-
-    /// SnapshotEnd: everything up to `round` has been sent.
-    async fn send_end(&mut self, tx: &mpsc::Sender<Frame>, round: u64) -> Result<(), End> {
-        self.seq += 1;
-        let seq = self.seq;
-        self.in_flight.push_back(InFlight {
-            seq,
-            keys: Vec::new(),
-            round,
-            sent: Instant::now(),
-        });
-        self.publish();
-        self.send(tx, frame(Kind::SnapshotEnd(SnapshotEnd { seq })))
-            .await
-    }
-
-    /// Encode and send `entries` as Deltas of the given round.
-    async fn send_entries(
-        &mut self,
-        shared: &Shared,
-        tx: &mpsc::Sender<Frame>,
-        entries: Vec<(KeyId, crate::bucket::Limit, crate::bucket::BucketState)>,
-        round: u64,
-    ) -> Result<(), End> {
-        for chunk in encode(shared, entries) {
-            self.send_delta(tx, chunk, round).await?;
-        }
-        Ok(())
-    }
-
-    /// Send the dirty set's current states.
-    async fn flush(
-        &mut self,
-        shared: &Shared,
-        tx: &mpsc::Sender<Frame>,
-        round: u64,
-    ) -> Result<(), End> {
-        let keys = self.drain(round);
-        if keys.is_empty() {
-            self.publish();
-            return Ok(());
-        }
-        let entries = keys
-            .into_iter()
-            .filter_map(|k| shared.store.get(k).map(|(l, s)| (k, l, s)))
-            .collect();
-        self.send_entries(shared, tx, entries, round).await
-    }
-}
-
+/// One connection to the peer, from the dial to its end: the handshake, the catch-up (a
+/// snapshot or the missed changes), then the steady phase until the stream breaks or stops.
 async fn session(shared: &Shared, link: &Link, out: &mut Outbox<'_>) -> End {
+    let (tx, inbound, hello) = match handshake(shared, link).await {
+        Ok(h) => h,
+        Err(e) => return e,
+    };
+    if let Err(e) = admit(shared, link, &hello) {
+        return e;
+    }
+    if let Err(e) = catch_up(shared, link, out, &tx, &hello).await {
+        return e;
+    }
+    Steady::new(shared, link, &hello.node)
+        .run(out, &tx, inbound)
+        .await
+}
+
+/// Dial, exchange Hellos and check the peer's.
+async fn handshake(
+    shared: &Shared,
+    link: &Link,
+) -> Result<(mpsc::Sender<Frame>, Streaming<Frame>, Hello), End> {
     let endpoint = match super::tls::endpoint(shared.settings.tls.as_deref(), &link.addr) {
         Ok(e) => e.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true),
-        Err(e) => return End::Refused(format!("invalid peer address '{}': {e}", link.addr)),
+        Err(e) => {
+            return Err(End::Refused(format!(
+                "invalid peer address '{}': {e}",
+                link.addr
+            )))
+        }
     };
     let channel = tokio::select! {
-        _ = link.stop.cancelled() => return End::Stopped,
-        c = endpoint.connect() => match c {
-            Ok(c) => c,
-            Err(e) => return End::Unreachable(super::tls::chain(&e)),
-        },
+        _ = link.stop.cancelled() => return Err(End::Stopped),
+        c = endpoint.connect() => c.map_err(|e| End::Unreachable(super::tls::chain(&e)))?,
     };
     let max = shared.settings.max_frame_bytes * 2;
     let mut client = ReplicationClient::new(channel)
@@ -508,11 +363,11 @@ async fn session(shared: &Shared, link: &Link, out: &mut Outbox<'_>) -> End {
         .max_encoding_message_size(max);
     let (tx, rx) = mpsc::channel::<Frame>(16);
     if tx.send(frame(Kind::Hello(shared.hello()))).await.is_err() {
-        return End::Broken("stream closed".into());
+        return Err(End::Broken("stream closed".into()));
     }
     let mut inbound = match client.sync(ReceiverStream::new(rx)).await {
         Ok(r) => r.into_inner(),
-        Err(s) if s.code() == tonic::Code::AlreadyExists => return End::Myself,
+        Err(s) if s.code() == tonic::Code::AlreadyExists => return Err(End::Myself),
         // Only the peer's own verdict on our Hello is a refusal; anything else (a connection
         // cut during the handshake, a proxy closing it) is the network, and a member behind
         // it is still a member: it must count towards fair-share mode, not drop out.
@@ -524,43 +379,49 @@ async fn session(shared: &Shared, link: &Link, out: &mut Outbox<'_>) -> End {
                     | tonic::Code::PermissionDenied
             ) =>
         {
-            return End::Refused(format!("{}: {}", s.code(), s.message()))
+            return Err(End::Refused(format!("{}: {}", s.code(), s.message())))
         }
-        Err(s) => return End::Unreachable(format!("{}: {}", s.code(), s.message())),
+        Err(s) => return Err(End::Unreachable(format!("{}: {}", s.code(), s.message()))),
     };
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
         Ok(Ok(Some(Frame {
             kind: Some(Kind::Hello(h)),
         }))) => h,
-        Ok(Ok(_)) => return End::Broken("peer did not answer with a Hello".into()),
-        Ok(Err(s)) => return End::Broken(s.to_string()),
-        Err(_) => return End::Broken("no Hello from the peer within 5 s".into()),
+        Ok(Ok(_)) => return Err(End::Broken("peer did not answer with a Hello".into())),
+        Ok(Err(s)) => return Err(End::Broken(s.to_string())),
+        Err(_) => return Err(End::Broken("no Hello from the peer within 5 s".into())),
     };
     if let Err((reason, msg)) = shared.check_hello(&hello) {
         shared.metrics.refused(reason);
-        return End::Refused(msg);
+        return Err(End::Refused(msg));
     }
-    let me = shared.me();
-    let cut = || {
-        shared
-            .settings
-            .faults
-            .as_ref()
-            .is_some_and(|f| f.is_cut(&me.node, &hello.node))
-    };
-    if cut() {
-        return End::Unreachable("cut off by the test network".into());
+    if is_cut(shared, &hello.node) {
+        return Err(End::Unreachable("cut off by the test network".into()));
     }
+    Ok((tx, inbound, hello))
+}
+
+/// The test network cut this node from `peer` (always false outside tests).
+fn is_cut(shared: &Shared, peer: &str) -> bool {
+    shared
+        .settings
+        .faults
+        .as_ref()
+        .is_some_and(|f| f.is_cut(&shared.me().node, peer))
+}
+
+/// The peer answered: this link is now its member's live link, unless another link already
+/// reaches that member (then this one stands by as an alias).
+fn admit(shared: &Shared, link: &Link, hello: &Hello) -> Result<(), End> {
+    *link.last_node.lock() = Some(hello.node.clone());
     if shared.links.lock().values().any(|l| {
         !std::ptr::eq(Arc::as_ptr(l), link) && l.connected_node().as_deref() == Some(&hello.node)
     }) {
         // It answered: from now on this address is known to reach that node, so it never
         // counts as a seed that never answered (an extra, unreachable member once the node
         // is gone).
-        *link.last_node.lock() = Some(hello.node.clone());
-        return End::Alias(hello.node.clone());
+        return Err(End::Alias(hello.node.clone()));
     }
-    *link.last_node.lock() = Some(hello.node.clone());
     shared.left.lock().remove(&hello.node);
     link.heard();
     link.set_status(Status::Connected {
@@ -571,6 +432,18 @@ async fn session(shared: &Shared, link: &Link, out: &mut Outbox<'_>) -> End {
     shared
         .membership
         .announce(&hello.node, &hello.advertise_addr);
+    Ok(())
+}
+
+/// Bring the peer up to date with this node: everything when it is new to us (a new
+/// incarnation knows nothing), otherwise what it missed; then SnapshotEnd.
+async fn catch_up(
+    shared: &Shared,
+    link: &Link,
+    out: &mut Outbox<'_>,
+    tx: &mpsc::Sender<Frame>,
+    hello: &Hello,
+) -> Result<(), End> {
     let round = shared.round();
     link.resync_round.store(round, Ordering::Release);
     let new_peer = {
@@ -580,132 +453,236 @@ async fn session(shared: &Shared, link: &Link, out: &mut Outbox<'_>) -> End {
         new
     };
     // From the resync's start to its SnapshotEnd: a span when traces are exported.
-    let resync = tracing::info_span!("peer_resync", peer = %hello.node, full_snapshot = new_peer);
+    let _resync = tracing::info_span!("peer_resync", peer = %hello.node, full_snapshot = new_peer);
     if new_peer {
-        // It knows nothing of us: everything we hold goes over, then SnapshotEnd.
         info!(peer = %hello.node, addr = %link.addr, "sending full snapshot");
+        // Everything goes: what was queued for the peer is in the snapshot.
         out.drain(round);
         for shard in 0..shared.store.shard_count() {
             let mut entries = Vec::new();
             shared
                 .store
                 .for_each_in_shard(shard, |k, l, s| entries.push((k, *l, s.clone())));
-            if let Err(e) = out.send_entries(shared, &tx, entries, round).await {
-                return e;
-            }
+            out.send_entries(shared, tx, entries, round).await?;
         }
     } else {
         info!(peer = %hello.node, addr = %link.addr, "resuming: resending unacknowledged changes");
-        if let Err(e) = out.flush(shared, &tx, round).await {
-            return e;
-        }
+        out.flush(shared, tx, round).await?;
     }
-    if let Err(e) = out.send_end(&tx, round).await {
-        return e;
-    }
-    drop(resync);
+    out.send_end(tx, round).await
+}
 
-    let mut tick = tokio::time::interval(shared.settings.sync_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ping = tokio::time::interval(shared.heartbeat());
-    // Pings and Pongs pair up in order, so the Pong of the Ping sent right after Leave proves
-    // the peer has processed the Leave.
-    let (mut pings, mut pongs) = (0u64, 0u64);
-    let mut goodbye: Option<u64> = None;
-    loop {
-        tokio::select! {
-            _ = link.stop.cancelled() => return End::Stopped,
-            _ = async {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = link.pushed.notified() => {}
-                }
-            } => {
-                if cut() {
-                    return End::Broken("cut off by the test network".into());
-                }
-                for g in link.take_gossip() {
-                    if let Err(e) = out.send(&tx, frame(Kind::Gossip(Gossip { data: g.to_vec() }))).await {
-                        return e;
-                    }
-                }
-                out.requeue(Some(RESEND_AFTER));
-                let round = shared.round();
-                if let Err(e) = out.flush(shared, &tx, round).await {
-                    return e;
-                }
-                if shared.is_leaving() && goodbye.is_none() && out.in_flight.is_empty() {
-                    if let Err(e) = out.send(&tx, frame(Kind::Leave(Leave {}))).await {
-                        return e;
-                    }
-                    if let Err(e) = out.send(&tx, frame(Kind::Ping(Ping { wall_ns: shared.now() }))).await {
-                        return e;
-                    }
-                    pings += 1;
-                    goodbye = Some(pings);
-                }
+/// The steady phase: send what fan-out rounds and the membership protocol queue, resend
+/// what goes unacknowledged, report whom this node hears from, ping now and then, and take
+/// the peer's acks, pongs and membership messages. An idle link wakes only for its
+/// keepalive.
+struct Steady<'a> {
+    shared: &'a Shared,
+    link: &'a Link,
+    peer: &'a str,
+    /// Pings and Pongs pair up in order, so the Pong of the Ping sent right after Leave
+    /// proves the peer has processed the Leave.
+    pings: u64,
+    pongs: u64,
+    goodbye: Option<u64>,
+    /// The version of the receiving-from report last sent (`None`: none yet).
+    reported: Option<u64>,
+}
+
+impl<'a> Steady<'a> {
+    fn new(shared: &'a Shared, link: &'a Link, peer: &'a str) -> Self {
+        Steady {
+            shared,
+            link,
+            peer,
+            pings: 0,
+            pongs: 0,
+            goodbye: None,
+            reported: None,
+        }
+    }
+
+    async fn run(
+        mut self,
+        out: &mut Outbox<'_>,
+        tx: &mpsc::Sender<Frame>,
+        mut inbound: Streaming<Frame>,
+    ) -> End {
+        let shared = self.shared;
+        let link = self.link;
+        let mut keepalive = tokio::time::interval(keepalive(shared.membership.members().len()));
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut faults = shared.settings.faults.as_ref().map(|f| f.subscribe());
+        loop {
+            let resend = out.next_resend();
+            let step = tokio::select! {
+                _ = link.stop.cancelled() => return End::Stopped,
+                _ = link.pushed.notified() => self.push(out, tx).await,
+                _ = sleep_until(resend) => self.push(out, tx).await,
+                _ = keepalive.tick() => self.ping(out, tx, None).await,
+                _ = fault_change(&mut faults) => Ok(()),
+                msg = inbound.message() => self.receive(out, msg),
+            };
+            if let Err(e) = step {
+                return e;
             }
-            _ = ping.tick() => {
-                if let Err(e) = out.send(&tx, frame(Kind::Ping(Ping { wall_ns: shared.now() }))).await {
-                    return e;
-                }
-                pings += 1;
-            }
-            msg = inbound.message() => match msg {
-                Ok(Some(Frame { kind: Some(Kind::Ack(a)) })) => {
-                    if !cut() {
-                        link.heard();
-                        out.ack(a.seq);
-                    }
-                }
-                Ok(Some(Frame { kind: Some(Kind::Gossip(g)) })) => {
-                    if !cut() {
-                        shared.membership.receive(g.data);
-                    }
-                }
-                Ok(Some(Frame { kind: Some(Kind::Pong(p)) })) => {
-                    pongs += 1;
-                    if goodbye.is_some_and(|g| pongs >= g) {
-                        link.said_goodbye.store(true, Ordering::Release);
-                    }
-                    if cut() {
-                        continue;
-                    }
-                    link.heard();
-                    let now = shared.now();
-                    let rtt = now.saturating_sub(p.echo_wall_ns).max(0);
-                    let offset = p.wall_ns.saturating_sub(p.echo_wall_ns.saturating_add(rtt / 2));
-                    link.offset.set(offset as f64 / 1e9);
-                    let limit = shared.settings.max_clock_offset.as_nanos() as i64;
-                    let mut q = shared.quarantined.lock();
-                    if offset.abs() > limit {
-                        if q.insert(hello.node.clone()) {
-                            warn!(peer = %hello.node, offset_ms = offset / 1_000_000, "peer clock too far off: quarantined (its states are not merged)");
-                        }
-                    } else if q.remove(&hello.node) {
-                        info!(peer = %hello.node, offset_ms = offset / 1_000_000, "peer clock back within bounds: quarantine lifted");
-                    }
-                    drop(q);
-                    shared.update_outlier();
-                }
-                Ok(Some(other)) => {
-                    shared.metrics.refused("malformed");
-                    return End::Broken(format!("unexpected frame from the peer: {:?}", other.kind.map(|k| std::mem::discriminant(&k))));
-                }
-                Ok(None) => return End::Broken("peer closed the stream".into()),
-                Err(s) => return End::Broken(format!("{}: {}", s.code(), s.message())),
+            if is_cut(shared, self.peer) {
+                return End::Broken("cut off by the test network".into());
             }
         }
+    }
+
+    /// Send what is queued: membership messages, a new receiving-from report, resends due,
+    /// the dirty keys; when leaving and all is acknowledged, Leave.
+    async fn push(&mut self, out: &mut Outbox<'_>, tx: &mpsc::Sender<Frame>) -> Result<(), End> {
+        let shared = self.shared;
+        for g in self.link.take_gossip() {
+            out.send(tx, frame(Kind::Gossip(Gossip { data: g.to_vec() })))
+                .await?;
+        }
+        if self.reported != Some(shared.caught_up_version()) {
+            let (version, nodes) = shared.receiving_from();
+            self.ping(out, tx, Some(ReceivingFrom { nodes })).await?;
+            self.reported = Some(version);
+        }
+        out.requeue(Some(out.resend_after()));
+        out.flush(shared, tx, shared.round()).await?;
+        if shared.is_leaving() && self.goodbye.is_none() && out.all_acked() {
+            out.send(tx, frame(Kind::Leave(Leave {}))).await?;
+            self.ping(out, tx, None).await?;
+            self.goodbye = Some(self.pings);
+        }
+        Ok(())
+    }
+
+    async fn ping(
+        &mut self,
+        out: &mut Outbox<'_>,
+        tx: &mpsc::Sender<Frame>,
+        receiving_from: Option<ReceivingFrom>,
+    ) -> Result<(), End> {
+        let ping = Ping {
+            wall_ns: self.shared.now(),
+            receiving_from,
+        };
+        out.send(tx, frame(Kind::Ping(ping))).await?;
+        self.pings += 1;
+        Ok(())
+    }
+
+    /// One frame from the peer's side of the stream.
+    fn receive(
+        &mut self,
+        out: &mut Outbox<'_>,
+        msg: Result<Option<Frame>, tonic::Status>,
+    ) -> Result<(), End> {
+        let cut = is_cut(self.shared, self.peer);
+        match msg {
+            Ok(Some(Frame {
+                kind: Some(Kind::Ack(a)),
+            })) => {
+                if !cut {
+                    self.link.heard();
+                    out.ack(a.seq);
+                }
+            }
+            Ok(Some(Frame {
+                kind: Some(Kind::Gossip(g)),
+            })) => {
+                if !cut {
+                    self.link.heard();
+                    self.shared.membership.receive(g.data);
+                }
+            }
+            Ok(Some(Frame {
+                kind: Some(Kind::Pong(p)),
+            })) => {
+                self.pongs += 1;
+                if self.goodbye.is_some_and(|g| self.pongs >= g) {
+                    self.link.said_goodbye.store(true, Ordering::Release);
+                }
+                if !cut {
+                    self.link.heard();
+                    self.clock_check(&p);
+                }
+            }
+            Ok(Some(other)) => {
+                self.shared.metrics.refused("malformed");
+                return Err(End::Broken(format!(
+                    "unexpected frame from the peer: {:?}",
+                    other.kind.map(|k| std::mem::discriminant(&k))
+                )));
+            }
+            Ok(None) => return Err(End::Broken("peer closed the stream".into())),
+            Err(s) => return Err(End::Broken(format!("{}: {}", s.code(), s.message()))),
+        }
+        Ok(())
+    }
+
+    /// The peer's clock from a Pong, RTT-corrected: too far off quarantines it.
+    fn clock_check(&self, p: &Pong) {
+        let shared = self.shared;
+        let now = shared.now();
+        let rtt = now.saturating_sub(p.echo_wall_ns).max(0);
+        let offset = p
+            .wall_ns
+            .saturating_sub(p.echo_wall_ns.saturating_add(rtt / 2));
+        self.link.offset.set(offset as f64 / 1e9);
+        let limit = shared.settings.max_clock_offset.as_nanos() as i64;
+        let peer = self.peer;
+        let mut q = shared.quarantined.lock();
+        if offset.abs() > limit {
+            if q.insert(peer.to_string()) {
+                warn!(
+                    peer,
+                    offset_ms = offset / 1_000_000,
+                    "peer clock too far off: quarantined (its states are not merged)"
+                );
+            }
+        } else if q.remove(peer) {
+            info!(
+                peer,
+                offset_ms = offset / 1_000_000,
+                "peer clock back within bounds: quarantine lifted"
+            );
+        }
+        drop(q);
+        shared.update_outlier();
     }
 }
 
-fn frame(kind: Kind) -> Frame {
+/// The keepalive period of a link in a cluster of `members` other members.
+fn keepalive(members: usize) -> Duration {
+    let tens = (members as u32).div_ceil(10).max(1);
+    (KEEPALIVE_PER_TEN_MEMBERS * tens).min(MAX_KEEPALIVE)
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the test network changed (never without one).
+async fn fault_change(rx: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+    match rx {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+pub(crate) fn frame(kind: Kind) -> Frame {
     Frame { kind: Some(kind) }
 }
 
 /// Encode entries into Deltas of at most `max_frame_bytes`, the most drained keys first (they
 /// are the ones where a late update admits too much).
-fn encode(
+pub(crate) fn encode(
     shared: &Shared,
     mut entries: Vec<(KeyId, crate::bucket::Limit, crate::bucket::BucketState)>,
 ) -> Vec<(super::proto::Delta, Vec<KeyId>)> {

@@ -5,6 +5,7 @@
 //! node name. A link belongs to the member its peer's Hello names, whatever address it dialed:
 //! a member reachable at several addresses has one live link, the others stand by as aliases.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -14,6 +15,15 @@ use super::link::Link;
 use super::proto::frame::Kind;
 use super::proto::{Frame, Gossip};
 use super::Shared;
+
+/// A link's status, read once.
+struct LinkView {
+    link: Arc<Link>,
+    connected: Option<String>,
+    last: Option<String>,
+    alias: bool,
+    skip: bool,
+}
 
 /// One member as fair share, the burst guard and readiness count it: who, whether the
 /// membership protocol suspects it, and the link that reaches it.
@@ -31,7 +41,32 @@ impl Shared {
     /// before its first Hello may be a member on the other side of a partition). Counted once
     /// per node, whatever the addresses it is reached at.
     pub(crate) fn member_links(&self) -> Vec<Reach> {
-        let links: Vec<Arc<Link>> = self.links.lock().values().cloned().collect();
+        // Each link's status read once: this runs every sync interval, so it stays linear in
+        // the links, not links times members.
+        let links: Vec<LinkView> = self
+            .links
+            .lock()
+            .values()
+            .map(|l| LinkView {
+                connected: l.connected_node(),
+                last: l.last_node(),
+                alias: l.is_alias(),
+                skip: l.is_myself() || l.is_refused() || l.is_alias(),
+                link: l.clone(),
+            })
+            .collect();
+        let mut by_connected = HashMap::new();
+        let mut by_last = HashMap::new();
+        let mut by_addr = HashMap::new();
+        for v in &links {
+            if let Some(n) = &v.connected {
+                by_connected.entry(n.as_str()).or_insert(&v.link);
+            }
+            if let (Some(n), false) = (&v.last, v.alias) {
+                by_last.entry(n.as_str()).or_insert(&v.link);
+            }
+            by_addr.entry(v.link.addr.as_str()).or_insert(&v.link);
+        }
         let left = self.left.lock().clone();
         let mut out: Vec<Reach> = self
             .membership
@@ -39,17 +74,12 @@ impl Shared {
             .into_iter()
             .filter(|m| !left.contains(&m.id.node))
             .map(|m| {
-                let node = Some(m.id.node.as_str());
-                let link = links
-                    .iter()
-                    .find(|l| l.connected_node().as_deref() == node)
-                    .or_else(|| {
-                        links
-                            .iter()
-                            .find(|l| !l.is_alias() && l.last_node().as_deref() == node)
-                    })
-                    .or_else(|| links.iter().find(|l| l.addr == m.id.addr))
-                    .cloned();
+                let node = m.id.node.as_str();
+                let link = by_connected
+                    .get(node)
+                    .or_else(|| by_last.get(node))
+                    .or_else(|| by_addr.get(m.id.addr.as_str()))
+                    .map(|l| (*l).clone());
                 Reach {
                     name: m.id.node,
                     suspect: m.suspect,
@@ -57,24 +87,24 @@ impl Shared {
                 }
             })
             .collect();
-        for l in &links {
-            if l.is_myself() || l.is_refused() || l.is_alias() {
+        let mut counted: HashSet<String> = out.iter().map(|r| r.name.clone()).collect();
+        for v in &links {
+            if v.skip {
                 continue;
             }
-            let pending = match (l.connected_node(), l.last_node()) {
+            let pending = match (&v.connected, &v.last) {
                 // Connected, not admitted by the membership yet (it is announcing itself).
-                (Some(n), _) => {
-                    (!left.contains(&n) && !out.iter().any(|r| r.name == n)).then_some(n)
-                }
+                (Some(n), _) => (!left.contains(n) && !counted.contains(n)).then(|| n.clone()),
                 // A seed that never answered.
-                (None, None) if !l.learned => Some(l.addr.clone()),
+                (None, None) if !v.link.learned => Some(v.link.addr.clone()),
                 _ => None,
             };
             if let Some(name) = pending {
+                counted.insert(name.clone());
                 out.push(Reach {
                     name,
                     suspect: false,
-                    link: Some(l.clone()),
+                    link: Some(v.link.clone()),
                 });
             }
         }

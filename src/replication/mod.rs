@@ -4,13 +4,16 @@
 //!
 //! - [`link`]: the stream this node dials to each peer, which carries this node's changes out:
 //!   a full snapshot when the peer is new (new incarnation), then coalesced deltas every
-//!   `sync_interval`, resent after a reconnect until acknowledged.
-//! - [`service`]: the other end: merges what peers send, acknowledges, answers pings.
+//!   `sync_interval`; [`outbox`] numbers them and resends what goes unacknowledged.
+//! - [`dissemination`]: which peers a changed key goes to: an own change to every member, a
+//!   merged one only to peers that cannot get it from its sender (N-1 crossings per change).
+//! - [`service`]: the other end: merges what peers send, acknowledges, answers pings, takes
+//!   each peer's report of whom it hears from.
 //! - [`members`]: the seeds: a static list, a DNS name re-resolved periodically. They are only
 //!   where to start: who the members are is [`membership`]'s answer.
 //! - [`membership`]: the members by identity (node + incarnation), learned transitively and
 //!   failure-detected with SWIM (the `foca` crate), its messages riding on the peer streams.
-//! - this module: the shared state, the fan-out of changed keys to every link, readiness (a new
+//! - this module: the shared state, the fan-out of changed keys to the links, readiness (a new
 //!   node is not ready until it holds every reachable peer's snapshot), the burst guard's
 //!   acknowledgements, fair-share mode while a member is unreachable, and the handoff on
 //!   shutdown.
@@ -18,7 +21,7 @@
 //! Fan-out happens in numbered rounds. A link publishes the latest round whose changes its peer
 //! acknowledged; once every live member acknowledged a round, the own counts it carried are
 //! known cluster-wide and the burst guard lets the next ones through (design section 4.3).
-//! When a member has not been heard from for `peer_timeout`, or any member is suspected by the
+//! When a member's link has been down for `peer_timeout`, or any member is suspected by the
 //! membership protocol, every node decides on its local share of each limit (fair-share mode,
 //! section 4.4) until all members are back and caught up in both directions, or the suspected
 //! member is declared dead (`peer_dead_after`) and forgotten. Fair-share N, the burst guard's
@@ -26,11 +29,13 @@
 
 mod auth;
 mod codec;
+mod dissemination;
 pub mod faults;
 mod link;
 mod member_links;
 mod members;
 mod membership;
+mod outbox;
 mod replicas;
 mod service;
 pub mod tls;
@@ -88,7 +93,8 @@ pub struct ReplicationSettings {
     /// The peer address other nodes dial to reach this one; empty when it cannot be known here
     /// (listening on 0.0.0.0 with no --peer-dns: peers must then list it themselves).
     pub advertise_addr: String,
-    /// A member not heard from for this long is treated as partitioned away: fair-share mode.
+    /// A member whose link is down this long (or that the membership protocol suspects) is
+    /// treated as partitioned away: fair-share mode.
     pub peer_timeout: Duration,
     /// Hold back own consumption that peers have not acknowledged (design section 4.3).
     pub burst_guard: bool,
@@ -199,14 +205,17 @@ pub(crate) struct Shared {
     pub replicas: Arc<ReplicaTable>,
     /// Outbound links, by peer address.
     pub links: Mutex<HashMap<String, Arc<Link>>>,
-    /// Keys just merged from a node that already holds the merged state: not sent back to it.
-    pub suppress: Mutex<HashMap<KeyId, (String, u32)>>,
+    /// Keys merged since the last fan-out round, with the nodes that sent them: relayed only
+    /// to peers that cannot get them from those nodes.
+    pub origins: Mutex<dissemination::Origins>,
+    /// Each peer's report of the nodes whose streams to it are caught up.
+    pub reports: Mutex<dissemination::Reports>,
     /// Nodes whose clocks are too far off: their states are not merged.
     pub quarantined: Mutex<HashSet<String>>,
     pub metrics: ReplMetrics,
     pub started: Instant,
     pub synced: AtomicBool,
-    /// The last fan-out round; its changes are in every link's dirty set.
+    /// The last fan-out round; its changes are in the dirty sets of the links they go to.
     round: AtomicU64,
     /// Own counts of the keys of each round not yet acknowledged by every live member.
     rounds: Mutex<VecDeque<Round>>,
@@ -214,7 +223,9 @@ pub(crate) struct Shared {
     pub left: Mutex<HashSet<String>>,
     /// Nodes whose current stream to us delivered SnapshotEnd (a full snapshot, or what they
     /// changed while away), by stream id: readiness and leaving fair-share mode wait on it.
-    pub caught_up: Mutex<HashMap<String, u64>>,
+    caught_up: Mutex<HashMap<String, u64>>,
+    /// Bumped whenever `caught_up` changes: links then report it to their peers.
+    caught_up_version: AtomicU64,
     pub stream_ids: AtomicU64,
     /// Shutting down: links say Leave once their changes are acknowledged.
     leaving: AtomicBool,
@@ -238,11 +249,6 @@ impl Shared {
     /// The current fan-out round.
     pub fn round(&self) -> u64 {
         self.round.load(Ordering::Acquire)
-    }
-
-    /// How often a link pings its peer: often enough that `peer_timeout` sees several.
-    pub fn heartbeat(&self) -> Duration {
-        (self.settings.peer_timeout / 5).clamp(Duration::from_millis(10), Duration::from_secs(1))
     }
 
     pub fn is_leaving(&self) -> bool {
@@ -308,25 +314,28 @@ impl Shared {
         Ok(())
     }
 
-    /// Hand the keys changed since the last call to every link, except back to a node that
-    /// already holds the merged state.
+    /// Hand the keys changed since the last call to the links that need them: a change made
+    /// here to every link, a merged one only to the peers that cannot get it from its sender
+    /// ([`dissemination`]).
     fn fan_out(&self, buf: &mut Vec<KeyId>) {
         buf.clear();
+        let mut own = Vec::new();
         let mut counts = Vec::new();
         let guard = self.settings.burst_guard;
         // Taken before the dirty keys, and held while draining them: a frame being merged holds
-        // this lock, so the drain sees either none or all of a frame's keys together with their
-        // no-echo marks (taking the marks after the drain would consume the marks of keys that
-        // only the next round drains, and those keys would go back to their sender).
-        let mut marks = self.suppress.lock();
-        self.store.drain_dirty_with(|k, own| {
-            buf.push(k);
-            if guard {
-                counts.push((k, own));
+        // this lock, so the drain sees either none or all of a frame's keys together with
+        // their senders (taking them after the drain would consume the senders of keys that
+        // only the next round drains, and those keys would then go to every peer).
+        let mut origins = self.origins.lock();
+        self.store.drain_dirty_with(|d| {
+            buf.push(d.key);
+            own.push(d.own_changed);
+            if guard && d.own_changed {
+                counts.push((d.key, d.own));
             }
         });
-        let suppress = std::mem::take(&mut *marks);
-        drop(marks);
+        let senders = origins.take();
+        drop(origins);
         if buf.is_empty() {
             return;
         }
@@ -336,34 +345,72 @@ impl Shared {
         if guard {
             self.rounds.lock().push_back((round, counts));
         }
-
-        let skip: Vec<Option<String>> = buf
-            .iter()
-            .map(|k| {
-                suppress.get(k).and_then(|(node, v)| {
-                    (self.store.version(*k) == Some(*v)).then(|| node.clone())
-                })
-            })
-            .collect();
         let links: Vec<Arc<Link>> = self.links.lock().values().cloned().collect();
-        for link in links {
-            if link.is_alias() {
-                // Standing by: the member's live link carries these keys.
-                continue;
-            }
-            let node = link.connected_node();
-            let mut dirty = link.dirty.lock();
-            for (k, skip) in buf.iter().zip(&skip) {
-                if skip.is_some() && skip.as_deref() == node.as_deref() {
+        let mut woken = Vec::with_capacity(links.len());
+        {
+            let reports = self.reports.lock();
+            for link in links {
+                if link.is_alias() || link.is_myself() {
+                    // Standing by: the member's live link carries these keys.
                     continue;
                 }
-                dirty.insert(*k);
+                let node = link.connected_node().or_else(|| link.last_node());
+                let hears = node.as_deref().and_then(|n| reports.of(n));
+                let mut dirty = link.dirty.lock();
+                let before = dirty.len();
+                for (k, own_changed) in buf.iter().zip(&own) {
+                    if dissemination::goes_to(*own_changed, senders.get(k), node.as_deref(), hears)
+                    {
+                        dirty.insert(*k);
+                    }
+                }
+                let added = dirty.len() > before;
+                drop(dirty);
+                if added {
+                    link.given(round);
+                    woken.push(link);
+                }
             }
         }
         self.round.store(round, Ordering::Release);
-        for link in self.links.lock().values() {
+        for link in woken {
             link.pushed.notify_one();
         }
+    }
+
+    /// `node`'s stream `stream` delivered SnapshotEnd: it is caught up with us.
+    pub fn mark_caught_up(&self, node: &str, stream: u64) {
+        self.caught_up.lock().insert(node.to_string(), stream);
+        self.caught_up_changed();
+    }
+
+    /// `node`'s stream `stream` ended (a newer stream of the same node keeps its own mark).
+    pub fn clear_caught_up(&self, node: &str, stream: u64) {
+        let mut c = self.caught_up.lock();
+        if c.get(node) == Some(&stream) {
+            c.remove(node);
+            drop(c);
+            self.caught_up_changed();
+        }
+    }
+
+    fn caught_up_changed(&self) {
+        self.caught_up_version.fetch_add(1, Ordering::AcqRel);
+        for l in self.links.lock().values() {
+            l.pushed.notify_one();
+        }
+    }
+
+    /// The nodes whose streams to us are caught up, and the version of that set: what a link
+    /// reports to its peer when the version moved.
+    pub fn receiving_from(&self) -> (u64, Vec<String>) {
+        let c = self.caught_up.lock();
+        let v = self.caught_up_version.load(Ordering::Acquire);
+        (v, c.keys().cloned().collect())
+    }
+
+    pub fn caught_up_version(&self) -> u64 {
+        self.caught_up_version.load(Ordering::Acquire)
     }
 
     /// Apply the acknowledgements of every round all live members have acknowledged: the
@@ -374,12 +421,15 @@ impl Shared {
         }
         let now = Instant::now();
         let timeout = self.settings.peer_timeout;
+        // A suspected member (frozen, its connection still open) holds nothing back: the
+        // cluster is in fair-share mode meanwhile.
         let acked = self
             .member_links()
             .into_iter()
+            .filter(|r| !r.suspect)
             .filter_map(|r| r.link)
             .filter(|l| l.alive(now, timeout))
-            .map(|l| l.acked_round())
+            .map(|l| l.acked_through(self.round()))
             .min()
             .unwrap_or_else(|| self.round());
         let mut done = Vec::new();
@@ -413,9 +463,10 @@ impl Shared {
             .filter(|r| r.suspect || r.link.as_ref().is_none_or(|l| !l.alive(now, timeout)))
             .map(|r| r.name.as_str())
             .collect();
+        let round = self.round();
         let caught_up = self.caught_up.lock();
         let behind = members.iter().any(|r| {
-            r.link.as_ref().is_none_or(|l| !l.resynced()) || !caught_up.contains_key(&r.name)
+            r.link.as_ref().is_none_or(|l| !l.resynced(round)) || !caught_up.contains_key(&r.name)
         });
         drop(caught_up);
         let current = self.store.fair_share();
@@ -591,7 +642,8 @@ impl Replicator {
             readiness,
             replicas,
             links: Mutex::new(HashMap::new()),
-            suppress: Mutex::new(HashMap::new()),
+            origins: Mutex::new(dissemination::Origins::default()),
+            reports: Mutex::new(dissemination::Reports::default()),
             quarantined: Mutex::new(HashSet::new()),
             started: Instant::now(),
             synced: AtomicBool::new(false),
@@ -599,6 +651,7 @@ impl Replicator {
             rounds: Mutex::new(VecDeque::new()),
             left: Mutex::new(HashSet::new()),
             caught_up: Mutex::new(HashMap::new()),
+            caught_up_version: AtomicU64::new(0),
             stream_ids: AtomicU64::new(0),
             leaving: AtomicBool::new(false),
         });
@@ -660,6 +713,9 @@ impl Replicator {
         // connected peer has processed it (or at the same deadline). The membership protocol
         // gossips the departure too, to members this node has no stream with.
         self.shared.leaving.store(true, Ordering::Release);
+        for l in self.shared.links.lock().values() {
+            l.pushed.notify_one();
+        }
         self.shared.membership.leave();
         loop {
             let waiting = self

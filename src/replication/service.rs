@@ -18,7 +18,6 @@ use super::proto::frame::Kind;
 use super::proto::replication_server::{Replication, ReplicationServer};
 use super::proto::{Ack, Frame, Pong};
 use super::Shared;
-use crate::store::Merged;
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -26,8 +25,8 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// old link) at `--max-members`' default of 256, so a flood of junk connections cannot take
 /// the file descriptors the public ports need.
 const MAX_PEER_CONNECTIONS: usize = 1024;
-/// A peer connection silent this long is closed: live links carry membership probes and
-/// acks many times a second, so only a dead or hostile one is ever this quiet.
+/// A peer connection silent this long is closed: a live link sends a keepalive at least every
+/// 30 s, so only a dead or hostile one is ever this quiet.
 const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, stop: CancellationToken) {
@@ -159,6 +158,7 @@ async fn receive(
         .metrics
         .node_counter("tollgate_replication_keys_received_total", &node);
     let stream = shared.stream_ids.fetch_add(1, Ordering::Relaxed);
+    let sender: Arc<str> = Arc::from(node.as_str());
     shared
         .inbound
         .lock()
@@ -206,29 +206,20 @@ async fn receive(
                 keys_in.increment(decoded.len() as u64);
                 let now = shared.now();
                 // Held across the whole frame: a fan-out that drains these keys mid-frame then
-                // waits here and finds every one's no-echo mark (otherwise up to a few % of a
-                // snapshot went straight back to its sender).
-                let mut suppress = shared.suppress.lock();
+                // waits here and finds every one's sender (a key drained without it would go
+                // to every peer, this frame's sender included).
+                let mut origins = shared.origins.lock();
                 for (key, limit, state) in &decoded {
-                    if let Merged::Applied {
-                        changed,
-                        sender_is_current,
-                        version,
-                    } = shared.store.merge(*key, *limit, state, now)
-                    {
-                        if changed {
-                            shared.metrics.merges.increment(1);
-                            if sender_is_current {
-                                suppress.insert(*key, (node.clone(), version));
-                            }
-                        }
+                    if shared.store.merge(*key, *limit, state, now).changed() {
+                        shared.metrics.merges.increment(1);
+                        origins.record(*key, &sender);
                     }
                 }
-                drop(suppress);
+                drop(origins);
                 Kind::Ack(Ack { seq: d.seq })
             }
             Some(Kind::SnapshotEnd(e)) => {
-                shared.caught_up.lock().insert(node.clone(), stream);
+                shared.mark_caught_up(&node, stream);
                 Kind::Ack(Ack { seq: e.seq })
             }
             Some(Kind::Leave(_)) => {
@@ -241,10 +232,18 @@ async fn receive(
                 shared.membership.receive(g.data);
                 continue;
             }
-            Some(Kind::Ping(p)) => Kind::Pong(Pong {
-                wall_ns: shared.now(),
-                echo_wall_ns: p.wall_ns,
-            }),
+            Some(Kind::Ping(p)) => {
+                if let Some(r) = p.receiving_from {
+                    if let Err(e) = take_report(&shared, &node, r) {
+                        close_malformed(&shared, &node, &tx, e).await;
+                        return;
+                    }
+                }
+                Kind::Pong(Pong {
+                    wall_ns: shared.now(),
+                    echo_wall_ns: p.wall_ns,
+                })
+            }
             Some(other) => {
                 close_malformed(
                     &shared,
@@ -276,19 +275,36 @@ struct CaughtUp<'a> {
 
 impl Drop for CaughtUp<'_> {
     fn drop(&mut self) {
-        let mut c = self.shared.caught_up.lock();
-        if c.get(self.node) == Some(&self.stream) {
-            c.remove(self.node);
-        }
-        drop(c);
+        self.shared.clear_caught_up(self.node, self.stream);
         let mut inbound = self.shared.inbound.lock();
         if inbound
             .get(self.node)
             .is_some_and(|(s, _)| *s == self.stream)
         {
             inbound.remove(self.node);
+            drop(inbound);
+            // Its report came on this stream: until a new one, it gets every merged change.
+            self.shared.reports.lock().forget(self.node);
         }
     }
+}
+
+/// A peer's report of the nodes whose streams to it are caught up (see `dissemination`):
+/// bounded by the member bound, names by the longest node name a Hello carries.
+fn take_report(
+    shared: &Shared,
+    node: &str,
+    r: super::proto::ReceivingFrom,
+) -> Result<(), FrameError> {
+    if r.nodes.len() > shared.settings.max_members {
+        return Err(FrameError::TooManyNodes {
+            listed: r.nodes.len(),
+            max: shared.settings.max_members,
+        });
+    }
+    let hears = r.nodes.into_iter().collect();
+    shared.reports.lock().set(node, hears);
+    Ok(())
 }
 
 /// A frame the stream could not read. One over the decoder's limit, or one that does not

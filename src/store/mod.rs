@@ -65,6 +65,16 @@ pub struct Verdict {
     pub placement: Placement,
 }
 
+/// One changed key taken from the dirty lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    pub key: KeyId,
+    /// This node's own (consumed, requested) on the key as it is drained.
+    pub own: (u64, u64),
+    /// Changed by this node (an admission, a refund), not only by merges from peers.
+    pub own_changed: bool,
+}
+
 /// What a merge did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Merged {
@@ -133,38 +143,57 @@ impl Default for StoreConfig {
 struct Entry {
     state: BucketState,
     limit: Limit,
-    /// Bumped on every change (low 31 bits), and whether the key waits in its shard's dirty list
-    /// (top bit): one word, because a million entries each carry it.
+    /// Bumped on every change (low 30 bits), whether the key waits in its shard's dirty list
+    /// (top bit), and whether this node's own consumption changed since the last drain (next
+    /// bit): one word, because a million entries each carry it.
     version: u32,
     /// The key budget slot it is counted in (`budget.rs`).
     budget: u32,
 }
 
 const DIRTY: u32 = 1 << 31;
+/// The change includes this node's own consumption: it goes to every peer, not only to the
+/// peers a merged change must be relayed to.
+const OWN: u32 = 1 << 30;
+const FLAGS: u32 = DIRTY | OWN;
 
 impl Entry {
     fn is_dirty(&self) -> bool {
         self.version & DIRTY != 0
     }
 
-    /// Record a change; returns true when the key must be added to the dirty list.
+    /// Record a change made on this node (an admission, a refund, a charge after the fact);
+    /// returns true when the key must be added to the dirty list.
     fn touch(&mut self, track_dirty: bool) -> bool {
-        let dirty = self.version & DIRTY;
-        self.version = (self.version.wrapping_add(1) & !DIRTY) | dirty;
-        if track_dirty && dirty == 0 {
+        let added = self.touch_merged(track_dirty);
+        if track_dirty {
+            self.version |= OWN;
+        }
+        added
+    }
+
+    /// Record a change merged from a peer; returns true when the key must be added to the
+    /// dirty list.
+    fn touch_merged(&mut self, track_dirty: bool) -> bool {
+        let flags = self.version & FLAGS;
+        self.version = (self.version.wrapping_add(1) & !FLAGS) | flags;
+        if track_dirty && flags & DIRTY == 0 {
             self.version |= DIRTY;
             return true;
         }
         false
     }
 
-    fn clean(&mut self) {
-        self.version &= !DIRTY;
+    /// Drained: returns whether the change included own consumption.
+    fn clean(&mut self) -> bool {
+        let own = self.version & OWN != 0;
+        self.version &= !FLAGS;
+        own
     }
 
-    /// The change counter, without the dirty bit.
+    /// The change counter, without the flags.
     fn version(&self) -> u32 {
-        self.version & !DIRTY
+        self.version & !FLAGS
     }
 }
 
@@ -650,7 +679,7 @@ impl Store {
                     return Merged::Refused;
                 }
                 let changed = e.state.join(state);
-                if changed && e.touch(self.cfg.track_dirty) {
+                if changed && e.touch_merged(self.cfg.track_dirty) {
                     shard.dirty.push(key.0);
                 }
                 Merged::Applied {
@@ -672,7 +701,7 @@ impl Store {
                     version: 0,
                     budget: 0,
                 };
-                if e.touch(self.cfg.track_dirty) {
+                if e.touch_merged(self.cfg.track_dirty) {
                     shard.dirty.push(key.0);
                 }
                 let version = e.version();
@@ -717,24 +746,29 @@ impl Store {
 
     /// Take the keys changed since the last call (only with `track_dirty`).
     pub fn drain_dirty(&self, out: &mut Vec<KeyId>) {
-        self.drain_dirty_with(|k, _| out.push(k));
+        self.drain_dirty_with(|d| out.push(d.key));
     }
 
-    /// Take the keys changed since the last call, each with this node's own counts
-    /// (consumed, requested) at this moment: what peers will know once they acknowledge it.
-    pub fn drain_dirty_with(&self, mut f: impl FnMut(KeyId, (u64, u64))) {
+    /// Take the keys changed since the last call, each with this node's own counts at this
+    /// moment (what peers will know once they acknowledge it) and whether the change included
+    /// own consumption.
+    pub fn drain_dirty_with(&self, mut f: impl FnMut(Drained)) {
         for s in self.shards.iter() {
             let mut g = s.0.lock();
             let shard = &mut *g;
             for id in shard.dirty.drain(..) {
                 if let Some(e) = shard.map.get_mut(id) {
                     if e.is_dirty() {
-                        e.clean();
+                        let own_changed = e.clean();
                         let own = (
                             e.state.consumed_by(self.local),
                             e.state.requested_by(self.local),
                         );
-                        f(KeyId(id), own);
+                        f(Drained {
+                            key: KeyId(id),
+                            own,
+                            own_changed,
+                        });
                     }
                 }
             }

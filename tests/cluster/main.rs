@@ -4,6 +4,8 @@
 
 mod autoscale;
 mod common;
+mod dissemination;
+mod fleet;
 mod gc;
 mod identity;
 mod membership;

@@ -1,0 +1,165 @@
+//! Which peers a changed key goes to.
+//!
+//! A change made on this node (an admission, a refund) goes to every member directly: N-1
+//! link crossings, whatever the cluster's size. A change merged from a peer is relayed only to
+//! the peers that cannot get it from the node that sent it: each peer reports, on its own
+//! stream to this node, the nodes whose streams to it are caught up, and a merged change goes
+//! on only to a peer whose report lacks its sender. With the mesh whole nothing is relayed;
+//! in a partial partition (A cannot reach B, both reach C) C relays A's changes to B and B's
+//! to A, and a longer chain relays hop by hop (each hop's sender is the one the next peer
+//! lacks, so the change keeps moving until every reachable member holds it).
+//!
+//! A peer that has sent no report (it runs an older version, or its stream to this node is
+//! not up) gets every merged change: relaying too much costs bytes, relaying too little would
+//! cost accuracy.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use smallvec::SmallVec;
+
+use crate::store::KeyId;
+
+/// The nodes whose frames changed a key since the last fan-out round.
+pub(crate) type Senders = SmallVec<[Arc<str>; 2]>;
+
+/// Keys merged since the last fan-out round, each with the nodes that sent the changes.
+#[derive(Default)]
+pub(crate) struct Origins {
+    by_key: HashMap<KeyId, Senders>,
+}
+
+impl Origins {
+    /// `sender`'s frame changed `key`.
+    pub fn record(&mut self, key: KeyId, sender: &Arc<str>) {
+        let s = self.by_key.entry(key).or_default();
+        if !s.iter().any(|x| Arc::ptr_eq(x, sender) || **x == **sender) {
+            s.push(sender.clone());
+        }
+    }
+
+    /// Everything recorded since the last call.
+    pub fn take(&mut self) -> HashMap<KeyId, Senders> {
+        std::mem::take(&mut self.by_key)
+    }
+}
+
+/// What each peer last reported: the nodes whose streams to it are caught up.
+#[derive(Default)]
+pub(crate) struct Reports {
+    by_peer: HashMap<String, HashSet<String>>,
+}
+
+impl Reports {
+    pub fn set(&mut self, peer: &str, hears: HashSet<String>) {
+        self.by_peer.insert(peer.to_string(), hears);
+    }
+
+    /// The peer's stream to this node ended: its report may be stale, so it gets everything
+    /// until it reports again.
+    pub fn forget(&mut self, peer: &str) {
+        self.by_peer.remove(peer);
+    }
+
+    pub fn of(&self, peer: &str) -> Option<&HashSet<String>> {
+        self.by_peer.get(peer)
+    }
+}
+
+/// Whether a change goes to `peer`: always when this node made it, otherwise when `peer`
+/// cannot get it from one of the nodes that sent it (`hears`: the peer's report; `None`: no
+/// report, so it gets everything). A change whose senders are unknown goes everywhere.
+pub(crate) fn goes_to(
+    own_changed: bool,
+    senders: Option<&Senders>,
+    peer: Option<&str>,
+    hears: Option<&HashSet<String>>,
+) -> bool {
+    if own_changed {
+        return true;
+    }
+    let (Some(senders), Some(peer), Some(hears)) = (senders, peer, hears) else {
+        return true;
+    };
+    senders
+        .iter()
+        .any(|s| &**s != peer && !hears.contains(&**s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn senders(names: &[&str]) -> Senders {
+        names.iter().map(|n| Arc::<str>::from(*n)).collect()
+    }
+
+    fn set(names: &[&str]) -> HashSet<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn an_own_change_goes_to_every_peer() {
+        assert!(goes_to(true, None, Some("b"), Some(&set(&["a", "c"]))));
+    }
+
+    #[test]
+    fn a_merged_change_is_not_relayed_to_a_peer_that_hears_its_sender() {
+        let from_a = senders(&["a"]);
+        assert!(!goes_to(
+            false,
+            Some(&from_a),
+            Some("b"),
+            Some(&set(&["a", "c"]))
+        ));
+    }
+
+    #[test]
+    fn a_merged_change_is_never_sent_back_to_its_sender() {
+        let from_a = senders(&["a"]);
+        assert!(!goes_to(
+            false,
+            Some(&from_a),
+            Some("a"),
+            Some(&set(&["c"]))
+        ));
+    }
+
+    #[test]
+    fn a_merged_change_is_relayed_to_a_peer_cut_off_from_its_sender() {
+        let from_a = senders(&["a"]);
+        assert!(goes_to(false, Some(&from_a), Some("b"), Some(&set(&["c"]))));
+    }
+
+    #[test]
+    fn a_key_changed_by_two_senders_is_relayed_if_the_peer_lacks_either() {
+        let both = senders(&["a", "d"]);
+        assert!(goes_to(false, Some(&both), Some("b"), Some(&set(&["a"]))));
+        assert!(!goes_to(
+            false,
+            Some(&both),
+            Some("b"),
+            Some(&set(&["a", "d"]))
+        ));
+    }
+
+    #[test]
+    fn without_a_report_or_known_senders_everything_is_relayed() {
+        let from_a = senders(&["a"]);
+        assert!(goes_to(false, Some(&from_a), Some("b"), None));
+        assert!(goes_to(false, None, Some("b"), Some(&set(&["a"]))));
+        assert!(goes_to(false, Some(&from_a), None, Some(&set(&["a"]))));
+    }
+
+    #[test]
+    fn a_sender_is_recorded_once_per_key_and_taking_empties_the_record() {
+        let mut o = Origins::default();
+        let a: Arc<str> = Arc::from("a");
+        o.record(KeyId(1), &a);
+        o.record(KeyId(1), &Arc::from("a"));
+        o.record(KeyId(1), &Arc::from("b"));
+        let taken = o.take();
+        assert_eq!(taken[&KeyId(1)].len(), 2);
+        assert!(o.take().is_empty());
+    }
+}

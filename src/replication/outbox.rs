@@ -1,0 +1,319 @@
+//! The sending side of one peer session: numbers frames, remembers them until the peer
+//! acknowledges them, resends what goes unacknowledged for longer than the link's round trip
+//! warrants, and publishes how far the peer has acknowledged (the burst guard and fair-share
+//! mode read it from the [`Link`]).
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::faults::Faults;
+use super::link::{frame, End, Link};
+use super::proto::frame::Kind;
+use super::proto::{Frame, SnapshotEnd};
+use super::Shared;
+use crate::store::KeyId;
+
+/// Until the first acknowledgement measures the round trip, a frame is resent after this.
+const FIRST_RESEND_AFTER: Duration = Duration::from_secs(1);
+/// Bounds of the resend timeout: a frame is never resent sooner (a burst of resends on a
+/// loopback link would only add load), nor later (a loss on a slow link still heals).
+const MIN_RESEND_AFTER: Duration = Duration::from_millis(5);
+const MAX_RESEND_AFTER: Duration = Duration::from_secs(1);
+
+/// A frame sent and not acknowledged yet.
+pub(crate) struct InFlight {
+    seq: u64,
+    keys: Vec<KeyId>,
+    /// The fan-out round its keys were taken in.
+    round: u64,
+    sent: Instant,
+}
+
+/// Smoothed round trip of acknowledgements (RFC 6298's estimator, without its backoff: a
+/// resend here is idempotent and cheap, and TCP below already backs off).
+#[derive(Debug, Clone, Copy, Default)]
+struct Rtt {
+    srtt: Option<Duration>,
+    rttvar: Duration,
+}
+
+impl Rtt {
+    fn sample(&mut self, r: Duration) {
+        match self.srtt {
+            None => {
+                self.srtt = Some(r);
+                self.rttvar = r / 2;
+            }
+            Some(s) => {
+                let diff = if s > r { s - r } else { r - s };
+                self.rttvar = (self.rttvar * 3 + diff) / 4;
+                self.srtt = Some((s * 7 + r) / 8);
+            }
+        }
+    }
+
+    /// How long a frame may go unacknowledged before it is sent again: the round trip plus
+    /// four deviations plus the peer's batching (`slack`: its merge and ack happen at once,
+    /// but the ack may wait behind a frame of up to a sync interval's keys).
+    fn timeout(&self, slack: Duration) -> Duration {
+        match self.srtt {
+            None => FIRST_RESEND_AFTER,
+            Some(s) => (s + self.rttvar * 4 + slack).clamp(MIN_RESEND_AFTER, MAX_RESEND_AFTER),
+        }
+    }
+}
+
+/// The sending side of one session: numbers frames, remembers them until acknowledged, and
+/// publishes how far the peer has acknowledged.
+pub(crate) struct Outbox<'a> {
+    link: &'a Link,
+    rtt: Rtt,
+    slack: Duration,
+    faults: Option<&'a Faults>,
+    seq: u64,
+    in_flight: VecDeque<InFlight>,
+    /// Round of the last drain of the dirty set: everything up to it was sent or is in flight.
+    drained_round: u64,
+    /// Keys sent back to the dirty set since the last drain hold acks back to before their round.
+    requeued_floor: Option<u64>,
+    /// A frame held back to be sent after the next one (reorder fault).
+    held: Option<Frame>,
+}
+
+impl<'a> Outbox<'a> {
+    pub fn new(shared: &'a Shared, link: &'a Link) -> Self {
+        Outbox {
+            link,
+            rtt: Rtt::default(),
+            slack: shared.settings.sync_interval,
+            faults: shared.settings.faults.as_deref(),
+            seq: 0,
+            in_flight: VecDeque::new(),
+            drained_round: link.acked_round(),
+            requeued_floor: None,
+            held: None,
+        }
+    }
+
+    /// Publish the latest round every change of which the peer acknowledged.
+    fn publish(&self) {
+        let mut r = self.drained_round;
+        if let Some(f) = self.in_flight.iter().map(|f| f.round).min() {
+            r = r.min(f.saturating_sub(1));
+        }
+        if let Some(f) = self.requeued_floor {
+            r = r.min(f);
+        }
+        self.link.acked_round.store(r, Ordering::Release);
+        self.link
+            .unacked
+            .store(self.in_flight.len(), Ordering::Release);
+        *self.link.oldest_unacked.lock() = self.in_flight.iter().map(|f| f.sent).min();
+        self.link.update_lag();
+    }
+
+    pub fn ack(&mut self, seq: u64) {
+        if let Some(i) = self.in_flight.iter().position(|f| f.seq == seq) {
+            if let Some(f) = self.in_flight.remove(i) {
+                // Deltas only: a SnapshotEnd carries no keys and is answered at once.
+                if !f.keys.is_empty() {
+                    self.rtt.sample(f.sent.elapsed());
+                }
+            }
+        }
+        self.publish();
+    }
+
+    /// Everything sent has been acknowledged.
+    pub fn all_acked(&self) -> bool {
+        self.in_flight.is_empty()
+    }
+
+    /// How long a frame may go unacknowledged before it is sent again.
+    pub fn resend_after(&self) -> Duration {
+        self.rtt.timeout(self.slack)
+    }
+
+    /// When the oldest unacknowledged frame is due to be resent (`None`: nothing in flight).
+    pub fn next_resend(&self) -> Option<Instant> {
+        let after = self.resend_after();
+        self.in_flight.iter().map(|f| f.sent + after).min()
+    }
+
+    /// Put frames back into the dirty set: all of them, or those unacknowledged for too long.
+    pub fn requeue(&mut self, older_than: Option<Duration>) {
+        let now = Instant::now();
+        let mut dirty = self.link.dirty.lock();
+        let mut kept = VecDeque::new();
+        for f in self.in_flight.drain(..) {
+            if older_than.is_some_and(|d| now.duration_since(f.sent) < d) {
+                kept.push_back(f);
+                continue;
+            }
+            let floor = f.round.saturating_sub(1);
+            self.requeued_floor = Some(self.requeued_floor.map_or(floor, |r| r.min(floor)));
+            dirty.extend(f.keys);
+        }
+        drop(dirty);
+        self.in_flight = kept;
+        self.publish();
+    }
+
+    pub fn requeue_all(&mut self) {
+        self.requeue(None);
+    }
+
+    /// Take the dirty set, as of fan-out round `round`. Also returns the round the frames
+    /// of these keys stand for: an acknowledgement of them acknowledges rounds up to just
+    /// before it. That is `round`, or earlier when keys sent back for a resend are among
+    /// them: their changes are from the rounds they were first sent in, and acknowledging
+    /// the resend must not claim the rounds between (the burst guard would let consumption
+    /// through that the peer has not seen).
+    pub fn drain(&mut self, round: u64) -> (Vec<KeyId>, u64) {
+        let keys: Vec<KeyId> = self.link.dirty.lock().drain().collect();
+        let stands_for = self.requeued_floor.map_or(round, |f| (f + 1).min(round));
+        self.drained_round = round;
+        self.requeued_floor = None;
+        (keys, stands_for)
+    }
+
+    pub async fn send(&mut self, tx: &mpsc::Sender<Frame>, f: Frame) -> Result<(), End> {
+        tokio::select! {
+            _ = self.link.stop.cancelled() => Err(End::Stopped),
+            r = tx.send(f) => r.map_err(|_| End::Broken("stream closed".into())),
+        }
+    }
+
+    /// Send one Delta (through the fault plan, in tests).
+    async fn send_delta(
+        &mut self,
+        tx: &mpsc::Sender<Frame>,
+        (mut delta, keys): (super::proto::Delta, Vec<KeyId>),
+        round: u64,
+    ) -> Result<(), End> {
+        self.seq += 1;
+        delta.seq = self.seq;
+        let n = keys.len() as u64;
+        let f = frame(Kind::Delta(delta));
+        let bytes = prost::Message::encoded_len(&f) as u64;
+        self.in_flight.push_back(InFlight {
+            seq: self.seq,
+            keys,
+            round,
+            sent: Instant::now(),
+        });
+        self.publish();
+        // Counted as sent whatever the test network does with it: the link sent it.
+        self.link.frames_sent.increment(1);
+        self.link.bytes_sent.increment(bytes);
+        self.link.keys_sent.increment(n);
+        let fate = self.faults.map(Faults::fate).unwrap_or_default();
+        if !fate.delay.is_zero() {
+            // Latency, not bandwidth: the frame arrives later, the link carries on.
+            let (tx, delay) = (tx.clone(), fate.delay);
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = tx.send(f).await;
+            });
+            return Ok(());
+        }
+        if fate.drop {
+            return Ok(());
+        }
+        if fate.hold && self.held.is_none() {
+            self.held = Some(f);
+            return Ok(());
+        }
+        if fate.duplicate {
+            self.send(tx, f.clone()).await?;
+        }
+        self.send(tx, f).await?;
+        if let Some(h) = self.held.take() {
+            self.send(tx, h).await?;
+        }
+        Ok(())
+    }
+
+    /// SnapshotEnd: everything up to `round` has been sent.
+    pub async fn send_end(&mut self, tx: &mpsc::Sender<Frame>, round: u64) -> Result<(), End> {
+        self.seq += 1;
+        let seq = self.seq;
+        self.in_flight.push_back(InFlight {
+            seq,
+            keys: Vec::new(),
+            round,
+            sent: Instant::now(),
+        });
+        self.publish();
+        self.send(tx, frame(Kind::SnapshotEnd(SnapshotEnd { seq })))
+            .await
+    }
+
+    /// Encode and send `entries` as Deltas of the given round.
+    pub async fn send_entries(
+        &mut self,
+        shared: &Shared,
+        tx: &mpsc::Sender<Frame>,
+        entries: Vec<(KeyId, crate::bucket::Limit, crate::bucket::BucketState)>,
+        round: u64,
+    ) -> Result<(), End> {
+        for chunk in super::link::encode(shared, entries) {
+            self.send_delta(tx, chunk, round).await?;
+        }
+        Ok(())
+    }
+
+    /// Send the dirty set's current states.
+    pub async fn flush(
+        &mut self,
+        shared: &Shared,
+        tx: &mpsc::Sender<Frame>,
+        round: u64,
+    ) -> Result<(), End> {
+        let (keys, stands_for) = self.drain(round);
+        if keys.is_empty() {
+            self.publish();
+            return Ok(());
+        }
+        let entries = keys
+            .into_iter()
+            .filter_map(|k| shared.store.get(k).map(|(l, s)| (k, l, s)))
+            .collect();
+        self.send_entries(shared, tx, entries, stands_for).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn before_any_acknowledgement_a_frame_is_resent_after_a_second() {
+        assert_eq!(Rtt::default().timeout(10 * MS), FIRST_RESEND_AFTER);
+    }
+
+    #[test]
+    fn on_a_steady_link_the_resend_timeout_follows_the_round_trip() {
+        let mut r = Rtt::default();
+        for _ in 0..50 {
+            r.sample(50 * MS);
+        }
+        let t = r.timeout(10 * MS);
+        assert!(t >= 60 * MS && t < 70 * MS, "{t:?}");
+    }
+
+    #[test]
+    fn the_resend_timeout_stays_within_its_bounds() {
+        let mut fast = Rtt::default();
+        fast.sample(Duration::from_micros(50));
+        assert_eq!(fast.timeout(Duration::ZERO), MIN_RESEND_AFTER);
+        let mut slow = Rtt::default();
+        slow.sample(Duration::from_secs(5));
+        assert_eq!(slow.timeout(Duration::ZERO), MAX_RESEND_AFTER);
+    }
+}

@@ -1,0 +1,234 @@
+//! Fleets: many in-process members that join knowing one seed, on the test network with
+//! latency and 1% of the Deltas lost. Load split evenly over every member, then: how long
+//! until every member holds the same state of every key, how far the cluster admitted past
+//! the limit against the design's bound, and what replication cost per admitted request.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tollgate::clock::ManualClock;
+use tollgate::replication::faults::Faults;
+
+use crate::common::*;
+
+/// Per key: 500 per hour, the clock stands still (no refill during the test).
+const CAPACITY: u64 = 500;
+const FLEET_CONFIG: &str =
+    "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: hour, requests_per_unit: 500}\n";
+const KEYS: usize = 2;
+const SYNC: Duration = Duration::from_millis(10);
+
+struct Fleet {
+    _dir: tempfile::TempDir,
+    nodes: Vec<Node>,
+    net: Arc<Faults>,
+}
+
+/// Poll `f` every few ms for at most `secs`.
+async fn within(what: &str, secs: u64, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out after {secs} s waiting for: {what}");
+}
+
+impl Fleet {
+    /// `n` members; each knows only the first one's address (its seed).
+    async fn start(n: usize) -> Fleet {
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::write(dir.path().join("c.yaml"), FLEET_CONFIG).expect("config");
+        let net = Arc::new(Faults::new());
+        let seed = free_port();
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let port = if i == 0 { seed } else { free_port() };
+            let f = net.clone();
+            nodes.push(
+                Node::start(
+                    &format!("n{i}"),
+                    dir.path(),
+                    port,
+                    &[seed],
+                    ManualClock::new(T0),
+                    move |s| {
+                        s.faults = Some(f);
+                        s.sync_interval = SYNC;
+                        s.sync_timeout = Duration::from_secs(30);
+                    },
+                )
+                .await,
+            );
+        }
+        let fleet = Fleet {
+            _dir: dir,
+            nodes,
+            net,
+        };
+        within("every member knows every other", 60, async || {
+            for node in &fleet.nodes {
+                if series(&node.metrics().await, "tollgate_cluster_members ") != n as f64 {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+        within(
+            "every member ready and out of fair-share mode",
+            60,
+            async || fleet.nodes.iter().all(|x| x.ready() && !x.fair_share()),
+        )
+        .await;
+        fleet
+    }
+
+    async fn sent(&self) -> (f64, f64) {
+        let (mut bytes, mut keys) = (0.0, 0.0);
+        for n in &self.nodes {
+            let m = n.metrics().await;
+            bytes += series(&m, "tollgate_replication_bytes_sent_total");
+            keys += series(&m, "tollgate_replication_keys_sent_total");
+        }
+        (bytes, keys)
+    }
+
+    fn converged(&self) -> bool {
+        let first = self.nodes[0].view();
+        first.len() == KEYS && self.nodes.iter().all(|n| n.view() == first)
+    }
+}
+
+/// What one run measured.
+#[derive(Debug)]
+struct Run {
+    admitted: Vec<u64>,
+    converged_after: Duration,
+    bytes_per_admitted: f64,
+    bytes_per_key_crossing: f64,
+    crossings_per_admitted_per_member: f64,
+}
+
+/// Twice each key's capacity, split evenly over the members, all members at once.
+async fn run(n: usize, latency: Duration) -> Run {
+    let fleet = Fleet::start(n).await;
+    fleet.net.set_delay(latency);
+    fleet.net.set_loss(10, 0, 0);
+    let (bytes0, keys0) = fleet.sent().await;
+    let per_node = (2 * CAPACITY as usize * KEYS).div_ceil(n);
+    let tasks: Vec<_> = fleet
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| {
+            let mut client = node.client.clone();
+            tokio::spawn(async move {
+                let mut admitted = vec![0u64; KEYS];
+                for r in 0..per_node {
+                    let k = (i + r) % KEYS;
+                    let answer = client
+                        .should_rate_limit(req(&format!("key{k}"), 1))
+                        .await
+                        .expect("answered")
+                        .into_inner();
+                    if answer.overall_code == 1 {
+                        admitted[k] += 1;
+                    }
+                }
+                admitted
+            })
+        })
+        .collect();
+    let mut admitted = vec![0u64; KEYS];
+    for t in tasks {
+        for (k, a) in t.await.expect("load task").into_iter().enumerate() {
+            admitted[k] += a;
+        }
+    }
+    let stopped = Instant::now();
+    while !fleet.converged() {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(30),
+            "no convergence"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let converged_after = stopped.elapsed();
+    fleet.net.set_loss(0, 0, 0);
+    let (bytes1, keys1) = fleet.sent().await;
+    let total: u64 = admitted.iter().sum();
+    let r = Run {
+        converged_after,
+        bytes_per_admitted: (bytes1 - bytes0) / total as f64,
+        bytes_per_key_crossing: (bytes1 - bytes0) / (keys1 - keys0),
+        crossings_per_admitted_per_member: (keys1 - keys0) / total as f64 / (n - 1) as f64,
+        admitted,
+    };
+    eprintln!(
+        "fleet of {n}, one-way latency {latency:?}, 1% of Deltas lost: admitted {:?} of \
+         {CAPACITY} per key, converged {:?} after the load, {:.0} bytes per admitted request \
+         cluster-wide, {:.0} bytes per key per link crossing, {:.3} crossings per admitted \
+         request per member",
+        r.admitted,
+        r.converged_after,
+        r.bytes_per_admitted,
+        r.bytes_per_key_crossing,
+        r.crossings_per_admitted_per_member
+    );
+    r
+}
+
+/// The design's bound with the burst guard: besides the shares of what it sees, each member
+/// may have `q_min = ceil(r * A) + 1` tokens in flight (A = d + 2l, the ack round trip).
+fn bound(n: usize, latency: Duration) -> u64 {
+    let r = CAPACITY as f64 / 3600.0;
+    let a = (SYNC + 2 * latency).as_secs_f64();
+    let q_min = (r * a).ceil() as u64 + 1;
+    CAPACITY + n as u64 * q_min
+}
+
+/// How long after the load stops every key may take to converge: two sync intervals plus
+/// the latency when nothing is lost; a lost Delta waits for its resend (the ack round trip
+/// plus a sync interval of slack, see `outbox.rs`) and its trip; and the test's own polling
+/// of every member's state.
+fn convergence_bound(latency: Duration) -> Duration {
+    let resend = SYNC + 2 * latency + SYNC;
+    2 * SYNC + latency + resend + latency + Duration::from_millis(100)
+}
+
+async fn check(n: usize, latency: Duration) {
+    let r = run(n, latency).await;
+    for (k, a) in r.admitted.iter().enumerate() {
+        assert!(
+            *a <= bound(n, latency),
+            "key{k}: admitted {a}, capacity {CAPACITY}, bound {}",
+            bound(n, latency)
+        );
+    }
+    assert!(
+        r.converged_after <= convergence_bound(latency),
+        "converged after {:?}, bound {:?}",
+        r.converged_after,
+        convergence_bound(latency)
+    );
+    // No relaying in a whole mesh: each admission's change crosses each link at most once
+    // (coalescing in a sync interval makes it less).
+    assert!(
+        r.crossings_per_admitted_per_member <= 1.0,
+        "{}",
+        r.crossings_per_admitted_per_member
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_members_one_ms_apart_with_loss_converge_and_keep_to_the_limit() {
+    check(50, Duration::from_millis(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_members_25_ms_apart_with_loss_converge_and_keep_to_the_limit() {
+    check(50, Duration::from_millis(25)).await;
+}
