@@ -25,7 +25,11 @@ fuzz_target!(|data: &[u8]| {
     };
     let store = Store::new(StoreConfig::default(), ReplicaId(0));
     let now = 1_700_000_000_000_000_000;
-    for (key, limit, state) in &keys {
-        store.merge(*key, *limit, state, now);
+    for k in &keys {
+        if k.partial {
+            store.merge_partial(k.key, k.limit, &k.state, now);
+        } else {
+            store.merge(k.key, k.limit, &k.state, now);
+        }
     }
 });

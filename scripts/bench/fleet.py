@@ -14,7 +14,8 @@ N real `tollgate serve` processes on 127.0.0.1, each knowing only the first one'
    bytes per admitted request cluster-wide, and MB/s.
 
 Usage: scripts/bench/fleet.py [--nodes 20] [--idle 10] [--rate 200] [--duration 10s]
-                              [--bin target/release]
+                              [--bin target/release] [--base-port 21000]
+Ports: gRPC base+i, HTTP base+1000+i, peer base+2000+i.
 Stops only the processes it started. Standard library only.
 """
 import argparse
@@ -31,10 +32,13 @@ import urllib.request
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)')
 
 
-def free_port():
+def port_free(port):
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
 
 
 def scrape(http):
@@ -82,11 +86,18 @@ def main():
     ap.add_argument("--duration", default="10s")
     ap.add_argument("--limit", default="100/second")
     ap.add_argument("--bin", default="target/release")
+    ap.add_argument("--base-port", type=int, default=21000)
     a = ap.parse_args()
     tmp = tempfile.mkdtemp()
     with open(os.path.join(tmp, "limits.yaml"), "w") as f:
         f.write("domain: loadtest\ndescriptors: []\n")
-    nodes = [dict(grpc=free_port(), http=free_port(), peer=free_port()) for _ in range(a.nodes)]
+    # Fixed ports below the ephemeral range: a port picked by binding to 0 can be taken by
+    # another node's outbound connection before its own node binds it.
+    nodes = [dict(grpc=a.base_port + i, http=a.base_port + 1000 + i, peer=a.base_port + 2000 + i)
+             for i in range(a.nodes)]
+    busy = [p for n in nodes for p in n.values() if not port_free(p)]
+    if busy:
+        sys.exit(f"fleet.py: ports in use on 127.0.0.1: {busy[:5]} (try --base-port)")
     seed = f"127.0.0.1:{nodes[0]['peer']}"
     procs = []
     try:
@@ -108,7 +119,15 @@ def main():
                     return False
             return True
 
-        wait(f"{a.nodes} members on every node, none in fair-share mode", 120, formed)
+        try:
+            wait(f"{a.nodes} members on every node, none in fair-share mode", 120, formed)
+        except SystemExit:
+            for i, n in enumerate(nodes):
+                m = scrape(n["http"])
+                print(f"n{i}: members {total(m, 'tollgate_cluster_members')}, fair share "
+                      f"{total(m, 'tollgate_fair_share_mode')}, ready {total(m, 'tollgate_ready')}",
+                      file=sys.stderr)
+            raise
         print(f"nodes: {a.nodes}, joined through one seed, formed in {time.time() - t0:.1f} s")
         time.sleep(a.settle)
         pids = [p.pid for p in procs]

@@ -87,8 +87,29 @@ impl<'a> DeltaBuilder<'a> {
     }
 
     pub fn push(&mut self, key: KeyId, limit: &Limit, state: &BucketState) {
-        let mut slots = Vec::with_capacity(state.slots().len());
-        for s in state.slots() {
+        self.push_slots(key, limit, state, None);
+    }
+
+    /// Only `own`'s slot and refund (with the floor, forgiveness and generation): a partial
+    /// state, for a change this node made.
+    pub fn push_own(&mut self, key: KeyId, limit: &Limit, state: &BucketState, own: ReplicaId) {
+        self.push_slots(key, limit, state, Some(own));
+    }
+
+    fn push_slots(
+        &mut self,
+        key: KeyId,
+        limit: &Limit,
+        state: &BucketState,
+        only: Option<ReplicaId>,
+    ) {
+        let keep = |r: ReplicaId| only.is_none_or(|o| o == r);
+        let mut slots = Vec::with_capacity(if only.is_some() {
+            1
+        } else {
+            state.slots().len()
+        });
+        for s in state.slots().iter().filter(|s| keep(s.replica)) {
             let Some(idx) = self.replica_index(s.replica) else {
                 continue;
             };
@@ -100,6 +121,7 @@ impl<'a> DeltaBuilder<'a> {
         }
         let refunds = state
             .refunds()
+            .filter(|r| keep(r.replica))
             .filter_map(|r| {
                 Some(proto::Refund {
                     replica: self.replica_index(r.replica)?,
@@ -123,6 +145,7 @@ impl<'a> DeltaBuilder<'a> {
             forgiven_hi,
             slots,
             refunds,
+            partial: only.is_some(),
         };
         self.bytes += prost::Message::encoded_len(&k) + 3;
         self.delta.keys.push(k);
@@ -147,11 +170,21 @@ fn multiplier_off_wire(m: u32) -> Option<u16> {
     }
 }
 
+/// One key of a received Delta.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded {
+    pub key: KeyId,
+    pub limit: Limit,
+    pub state: BucketState,
+    /// Only the sender's own slot (see `KeyState.partial`).
+    pub partial: bool,
+}
+
 /// Decode a received Delta's keys, mapping its replicas to local ids.
 pub fn decode_delta(
     delta: &proto::Delta,
     replicas: &ReplicaTable,
-) -> Result<Vec<(KeyId, Limit, BucketState)>, FrameError> {
+) -> Result<Vec<Decoded>, FrameError> {
     let ids: Vec<ReplicaId> = delta
         .replicas
         .iter()
@@ -216,11 +249,12 @@ pub fn decode_delta(
                 slots,
             )
             .with_refunds(refunds);
-            Ok((
-                KeyId((k.key_hi as u128) << 64 | k.key_lo as u128),
+            Ok(Decoded {
+                key: KeyId((k.key_hi as u128) << 64 | k.key_lo as u128),
                 limit,
                 state,
-            ))
+                partial: k.partial,
+            })
         })
         .collect()
 }
@@ -249,14 +283,50 @@ mod tests {
         d.push(KeyId(u128::MAX - 5), &limit, &s);
         let got = decode_delta(&d.delta, &b).expect("valid");
         assert_eq!(got.len(), 1);
-        let (key, l, state) = &got[0];
+        let Decoded {
+            key,
+            limit: l,
+            state,
+            partial,
+        } = &got[0];
         assert_eq!(*key, KeyId(u128::MAX - 5));
         assert_eq!(*l, limit);
+        assert!(!partial);
         // Same bucket, seen from b: a's slot is b's replica 1.
         assert_eq!(state.tokens(l, T0), s.tokens(&limit, T0));
         assert_eq!(state.base(), s.base());
         assert_eq!(state.slots()[0].replica, ReplicaId(1));
         assert_eq!(b.get(ReplicaId(1)).map(|r| r.node), Some("a".to_string()));
+    }
+
+    #[test]
+    fn an_own_change_carries_only_the_senders_slot_and_says_it_is_partial() {
+        let a = table("a", 1);
+        let b = table("b", 2);
+        let c = a.intern(&Replica {
+            node: "c".into(),
+            incarnation: 3,
+        });
+        let limit = Limit::new(10, 10, Unit::Hour).expect("valid");
+        let mut s = BucketState::new(3);
+        s.admit(&limit, ReplicaId(0), 2, T0, 10);
+        s.admit(&limit, c, 3, T0, 10);
+        let mut whole = DeltaBuilder::new(&a);
+        whole.push(KeyId(9), &limit, &s);
+        let mut own = DeltaBuilder::new(&a);
+        own.push_own(KeyId(9), &limit, &s, ReplicaId(0));
+        assert!(own.bytes() < whole.bytes());
+        let got = decode_delta(&own.delta, &b).expect("valid");
+        assert!(got[0].partial);
+        let slots: Vec<_> = got[0]
+            .state
+            .slots()
+            .iter()
+            .map(|x| (b.get(x.replica).map(|r| r.node), x.consumed))
+            .collect();
+        assert_eq!(slots, vec![(Some("a".to_string()), 2)]);
+        assert_eq!(got[0].state.base(), s.base());
+        assert_eq!(got[0].state.gen(), s.gen());
     }
 
     #[test]
@@ -268,12 +338,12 @@ mod tests {
         d.push(KeyId(1), &five_minutes, &BucketState::new(3));
         assert_eq!(d.delta.keys[0].unit_multiplier, 5);
         let got = decode_delta(&d.delta, &b).expect("valid");
-        assert_eq!(got[0].1, five_minutes);
+        assert_eq!(got[0].limit, five_minutes);
         let plain = Limit::new(10, 10, Unit::Minute).expect("valid");
         let mut d = DeltaBuilder::new(&a);
         d.push(KeyId(2), &plain, &BucketState::new(3));
         assert_eq!(d.delta.keys[0].unit_multiplier, 0);
-        assert_eq!(decode_delta(&d.delta, &b).expect("valid")[0].1, plain);
+        assert_eq!(decode_delta(&d.delta, &b).expect("valid")[0].limit, plain);
         d.delta.keys[0].unit_multiplier = 70_000;
         assert!(matches!(
             decode_delta(&d.delta, &b),
@@ -298,7 +368,7 @@ mod tests {
         let mut d = DeltaBuilder::new(&a);
         d.push(KeyId(7), &limit, &s);
         let got = decode_delta(&d.delta, &b).expect("valid");
-        let (_, _, state) = &got[0];
+        let state = &got[0].state;
         assert_eq!(state.tokens(&limit, T0), 7);
         let seen: Vec<_> = state
             .refunds()
@@ -312,7 +382,7 @@ mod tests {
         let mut back = DeltaBuilder::new(&b);
         back.push(KeyId(7), &limit, state);
         let again = decode_delta(&back.delta, &a).expect("valid");
-        assert_eq!(again[0].2, s);
+        assert_eq!(again[0].state, s);
     }
 
     /// How a node from before refunds existed reads a key state: the same message without

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 
+use super::link::Encoding;
 use crate::store::KeyId;
 
 /// The nodes whose frames changed a key since the last fan-out round.
@@ -63,6 +64,26 @@ impl Reports {
 
     pub fn of(&self, peer: &str) -> Option<&HashSet<String>> {
         self.by_peer.get(peer)
+    }
+}
+
+/// Whether a change goes to `peer`, and how: `None` when the peer gets it elsewhere; only
+/// this node's own slot when it is only this node's change and the peer reports whom it
+/// hears from (so it gets the rest of the key from the other nodes, and it is recent enough
+/// to merge partial states); otherwise the whole state.
+pub(crate) fn encoding(
+    own_changed: bool,
+    senders: Option<&Senders>,
+    peer: Option<&str>,
+    hears: Option<&HashSet<String>>,
+) -> Option<Encoding> {
+    let relay = senders.is_some_and(|s| !s.is_empty()) && goes_to(false, senders, peer, hears);
+    if relay || (own_changed && hears.is_none()) || (!own_changed && senders.is_none()) {
+        Some(Encoding::Whole)
+    } else if own_changed {
+        Some(Encoding::Own)
+    } else {
+        None
     }
 }
 
@@ -149,6 +170,39 @@ mod tests {
         assert!(goes_to(false, Some(&from_a), Some("b"), None));
         assert!(goes_to(false, None, Some("b"), Some(&set(&["a"]))));
         assert!(goes_to(false, Some(&from_a), None, Some(&set(&["a"]))));
+    }
+
+    #[test]
+    fn an_own_change_goes_as_its_own_slot_to_a_peer_that_reports_and_whole_to_one_that_does_not() {
+        let hears = set(&["a"]);
+        assert_eq!(
+            encoding(true, None, Some("b"), Some(&hears)),
+            Some(Encoding::Own)
+        );
+        assert_eq!(encoding(true, None, Some("b"), None), Some(Encoding::Whole));
+    }
+
+    #[test]
+    fn a_relayed_change_goes_whole_and_one_the_peer_has_goes_nowhere() {
+        let from_a = senders(&["a"]);
+        let cut_from_a = set(&["c"]);
+        let hears_a = set(&["a"]);
+        assert_eq!(
+            encoding(true, Some(&from_a), Some("b"), Some(&cut_from_a)),
+            Some(Encoding::Whole)
+        );
+        assert_eq!(
+            encoding(false, Some(&from_a), Some("b"), Some(&cut_from_a)),
+            Some(Encoding::Whole)
+        );
+        assert_eq!(
+            encoding(false, Some(&from_a), Some("b"), Some(&hears_a)),
+            None
+        );
+        assert_eq!(
+            encoding(true, Some(&from_a), Some("b"), Some(&hears_a)),
+            Some(Encoding::Own)
+        );
     }
 
     #[test]

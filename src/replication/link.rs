@@ -12,7 +12,7 @@
 //! round whose changes it acknowledged (the burst guard waits on it) and whether it is
 //! connected (fair-share mode starts when a member's link stays down).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,6 +31,7 @@ use super::proto::frame::Kind;
 use super::proto::replication_client::ReplicationClient;
 use super::proto::{Frame, Gossip, Hello, Leave, Ping, Pong, ReceivingFrom};
 use super::Shared;
+use crate::bucket::{BucketState, Limit};
 use crate::store::KeyId;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -68,15 +69,17 @@ const MAX_GOSSIP_QUEUE: usize = 256;
 
 pub(crate) struct Link {
     pub addr: String,
-    /// Keys changed since they were last sent to this peer.
-    pub dirty: Mutex<HashSet<KeyId>>,
+    /// Keys changed since they were last sent to this peer, each with how to send it.
+    pub dirty: Mutex<HashMap<KeyId, Encoding>>,
     status: Mutex<Status>,
     /// The peer's incarnation when last connected: a different one means it restarted.
     known_incarnation: Mutex<Option<u64>>,
     /// The peer's node name when last connected (kept while it is away).
     last_node: Mutex<Option<String>>,
-    /// Last ack or pong from the peer.
+    /// Last frame from the peer, or the moment the link disconnected.
     last_heard: Mutex<Instant>,
+    /// Since when a Ping has gone without its Pong (`None`: none outstanding).
+    unanswered: Mutex<Option<Instant>>,
     /// Every fan-out round up to this one is acknowledged by the peer.
     pub(super) acked_round: AtomicU64,
     /// The latest fan-out round that gave this link keys: rounds after it gave it nothing,
@@ -117,13 +120,14 @@ impl Link {
             lag: m.peer_gauge("tollgate_replication_lag_seconds", &addr),
             offset: m.peer_gauge("tollgate_peer_clock_offset_seconds", &addr),
             addr,
-            dirty: Mutex::new(HashSet::new()),
+            dirty: Mutex::new(HashMap::new()),
             status: Mutex::new(Status::Trying),
             known_incarnation: Mutex::new(None),
             last_node: Mutex::new(None),
             // A new link gets one peer timeout to answer before its peer counts as gone: adding
             // a member (learned from a Hello, or from DNS) must not flap fair-share mode.
             last_heard: Mutex::new(Instant::now()),
+            unanswered: Mutex::new(None),
             acked_round: AtomicU64::new(0),
             given_round: AtomicU64::new(0),
             resync_round: AtomicU64::new(u64::MAX),
@@ -189,12 +193,29 @@ impl Link {
         self.gossip.lock().drain(..).collect()
     }
 
-    /// Connected, or disconnected for less than `timeout` (a link that never connected is
-    /// alive only for its first `timeout`). A connected peer that stopped answering (frozen,
-    /// its connection still open) is the membership protocol's to find: it suspects it.
+    /// Connected with nothing unanswered for `timeout` (no frame unacknowledged, no Ping
+    /// without its Pong: an idle link is alive without a word, a peer that stopped answering
+    /// what it was sent is not, even with its connection open), or disconnected for less
+    /// than `timeout` (a link that never connected is alive only for its first `timeout`).
     pub fn alive(&self, now: Instant, timeout: Duration) -> bool {
-        self.connected_node().is_some()
-            || now.saturating_duration_since(*self.last_heard.lock()) < timeout
+        if self.connected_node().is_some() {
+            let waiting = [*self.oldest_unacked.lock(), *self.unanswered.lock()]
+                .into_iter()
+                .flatten()
+                .min();
+            return waiting.is_none_or(|t| now.saturating_duration_since(t) < timeout);
+        }
+        now.saturating_duration_since(*self.last_heard.lock()) < timeout
+    }
+
+    /// A Ping went out: its Pong is awaited from now, unless an earlier one still is.
+    fn pinged(&self) {
+        self.unanswered.lock().get_or_insert_with(Instant::now);
+    }
+
+    /// A Pong came back; `all`: every Ping sent is answered.
+    fn ponged(&self, all: bool) {
+        *self.unanswered.lock() = if all { None } else { Some(Instant::now()) };
     }
 
     fn heard(&self) {
@@ -249,6 +270,24 @@ impl Link {
             .lock()
             .map_or(0.0, |t| t.elapsed().as_secs_f64());
         self.lag.set(lag);
+    }
+}
+
+/// How a queued key goes to the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Encoding {
+    /// Only this node's own slot: its own change, to a peer that gets the rest of the key
+    /// from the other nodes directly.
+    Own,
+    /// The whole state: a snapshot, a relay, or a peer that cannot take partial states.
+    Whole,
+}
+
+impl Encoding {
+    /// Queue `key` as `how` in `dirty`, keeping the whole state if either asks for it.
+    pub fn queue(dirty: &mut HashMap<KeyId, Encoding>, key: KeyId, how: Encoding) {
+        let e = dirty.entry(key).or_insert(how);
+        *e = (*e).max(how);
     }
 }
 
@@ -424,6 +463,7 @@ fn admit(shared: &Shared, link: &Link, hello: &Hello) -> Result<(), End> {
     }
     shared.left.lock().remove(&hello.node);
     link.heard();
+    link.ponged(true);
     link.set_status(Status::Connected {
         node: hello.node.clone(),
     });
@@ -460,9 +500,9 @@ async fn catch_up(
         out.drain(round);
         for shard in 0..shared.store.shard_count() {
             let mut entries = Vec::new();
-            shared
-                .store
-                .for_each_in_shard(shard, |k, l, s| entries.push((k, *l, s.clone())));
+            shared.store.for_each_in_shard(shard, |k, l, s| {
+                entries.push((k, Encoding::Whole, *l, s.clone()))
+            });
             out.send_entries(shared, tx, entries, round).await?;
         }
     } else {
@@ -567,6 +607,7 @@ impl<'a> Steady<'a> {
         };
         out.send(tx, frame(Kind::Ping(ping))).await?;
         self.pings += 1;
+        self.link.pinged();
         Ok(())
     }
 
@@ -598,6 +639,7 @@ impl<'a> Steady<'a> {
                 kind: Some(Kind::Pong(p)),
             })) => {
                 self.pongs += 1;
+                self.link.ponged(self.pongs >= self.pings);
                 if self.goodbye.is_some_and(|g| self.pongs >= g) {
                     self.link.said_goodbye.store(true, Ordering::Release);
                 }
@@ -684,20 +726,24 @@ pub(crate) fn frame(kind: Kind) -> Frame {
 /// are the ones where a late update admits too much).
 pub(crate) fn encode(
     shared: &Shared,
-    mut entries: Vec<(KeyId, crate::bucket::Limit, crate::bucket::BucketState)>,
-) -> Vec<(super::proto::Delta, Vec<KeyId>)> {
+    mut entries: Vec<(KeyId, Encoding, Limit, BucketState)>,
+) -> Vec<(super::proto::Delta, Vec<(KeyId, Encoding)>)> {
     let now = shared.now();
-    entries.sort_by_cached_key(|(_, l, s)| {
+    entries.sort_by_cached_key(|(_, _, l, s)| {
         let room = s.tokens(l, now);
         // Share of the bucket still free, in per-mille: comparable across limits.
         (room.clamp(-1_000_000_000, 1_000_000_000) * 1000) / l.capacity().max(1) as i128
     });
+    let own = shared.store.local_replica();
     let mut out = Vec::new();
     let mut b = DeltaBuilder::new(&shared.replicas);
     let mut keys = Vec::new();
-    for (k, l, s) in entries {
-        b.push(k, &l, &s);
-        keys.push(k);
+    for (k, how, l, s) in entries {
+        match how {
+            Encoding::Own => b.push_own(k, &l, &s, own),
+            Encoding::Whole => b.push(k, &l, &s),
+        }
+        keys.push((k, how));
         if b.bytes() >= shared.settings.max_frame_bytes {
             out.push((std::mem::take(&mut b.delta), std::mem::take(&mut keys)));
             b = DeltaBuilder::new(&shared.replicas);

@@ -57,7 +57,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-pub use codec::{decode_delta, DeltaBuilder, FrameError};
+pub use codec::{decode_delta, Decoded, DeltaBuilder, FrameError};
 pub use membership::MemberId;
 pub use replicas::{Replica, ReplicaTable};
 
@@ -65,7 +65,7 @@ use crate::limiter::Limiter;
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::store::{KeyId, Store};
-use link::Link;
+use link::{Encoding, Link};
 
 /// Major version of the peer protocol; a peer speaking another major version is refused.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -357,14 +357,19 @@ impl Shared {
                 let node = link.connected_node().or_else(|| link.last_node());
                 let hears = node.as_deref().and_then(|n| reports.of(n));
                 let mut dirty = link.dirty.lock();
-                let before = dirty.len();
+                let mut added = false;
                 for (k, own_changed) in buf.iter().zip(&own) {
-                    if dissemination::goes_to(*own_changed, senders.get(k), node.as_deref(), hears)
-                    {
-                        dirty.insert(*k);
+                    let how = dissemination::encoding(
+                        *own_changed,
+                        senders.get(k),
+                        node.as_deref(),
+                        hears,
+                    );
+                    if let Some(how) = how {
+                        Encoding::queue(&mut dirty, *k, how);
+                        added = true;
                     }
                 }
-                let added = dirty.len() > before;
                 drop(dirty);
                 if added {
                     link.given(round);
@@ -416,7 +421,7 @@ impl Shared {
     /// Apply the acknowledgements of every round all live members have acknowledged: the
     /// burst guard then lets the next own consumption of those keys through.
     fn settle_acks(&self) {
-        if !self.settings.burst_guard {
+        if !self.settings.burst_guard || self.rounds.lock().is_empty() {
             return;
         }
         let now = Instant::now();
@@ -760,29 +765,53 @@ impl Drop for Replicator {
     }
 }
 
-/// Every `sync_interval`: fan changed keys out to the links, and check readiness.
+/// The cluster's mode (fair share, the burst guard's N), readiness and the link gauges are
+/// re-checked this often at most: a tenth or so of `peer_timeout`'s default, and their cost
+/// (a pass over every member) stays off the sync interval's cadence.
+const MODE_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Every `sync_interval`: fan changed keys out to the links and settle acknowledgements;
+/// every [`MODE_CHECK_INTERVAL`] (or every tick when the sync interval is longer): the mode,
+/// readiness and the link gauges.
 async fn ticker(shared: Arc<Shared>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(shared.settings.sync_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut buf = Vec::new();
+    let mut last_check: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {
                 shared.fan_out(&mut buf);
                 shared.settle_acks();
+                if last_check.is_some_and(|t| t.elapsed() < MODE_CHECK_INTERVAL) {
+                    continue;
+                }
+                last_check = Some(Instant::now());
                 shared.update_mode();
                 shared.check_ready();
-                let (peers, connected) = {
-                    let links = shared.links.lock();
-                    (
-                        links.values().filter(|l| !l.is_myself() && !l.is_alias()).count(),
-                        links.values().filter(|l| l.connected_node().is_some()).count(),
-                    )
-                };
-                shared.metrics.peers.set(peers as f64);
-                shared.metrics.connected.set(connected as f64);
+                shared.update_link_gauges();
             }
         }
+    }
+}
+
+impl Shared {
+    fn update_link_gauges(&self) {
+        let (peers, connected) = {
+            let links = self.links.lock();
+            (
+                links
+                    .values()
+                    .filter(|l| !l.is_myself() && !l.is_alias())
+                    .count(),
+                links
+                    .values()
+                    .filter(|l| l.connected_node().is_some())
+                    .count(),
+            )
+        };
+        self.metrics.peers.set(peers as f64);
+        self.metrics.connected.set(connected as f64);
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::faults::Faults;
-use super::link::{frame, End, Link};
+use super::link::{frame, Encoding, End, Link};
 use super::proto::frame::Kind;
 use super::proto::{Frame, SnapshotEnd};
 use super::Shared;
@@ -26,7 +26,7 @@ const MAX_RESEND_AFTER: Duration = Duration::from_secs(1);
 /// A frame sent and not acknowledged yet.
 pub(crate) struct InFlight {
     seq: u64,
-    keys: Vec<KeyId>,
+    keys: Vec<(KeyId, Encoding)>,
     /// The fan-out round its keys were taken in.
     round: u64,
     sent: Instant,
@@ -155,7 +155,9 @@ impl<'a> Outbox<'a> {
             }
             let floor = f.round.saturating_sub(1);
             self.requeued_floor = Some(self.requeued_floor.map_or(floor, |r| r.min(floor)));
-            dirty.extend(f.keys);
+            for (k, how) in f.keys {
+                Encoding::queue(&mut dirty, k, how);
+            }
         }
         drop(dirty);
         self.in_flight = kept;
@@ -172,8 +174,8 @@ impl<'a> Outbox<'a> {
     /// them: their changes are from the rounds they were first sent in, and acknowledging
     /// the resend must not claim the rounds between (the burst guard would let consumption
     /// through that the peer has not seen).
-    pub fn drain(&mut self, round: u64) -> (Vec<KeyId>, u64) {
-        let keys: Vec<KeyId> = self.link.dirty.lock().drain().collect();
+    pub fn drain(&mut self, round: u64) -> (Vec<(KeyId, Encoding)>, u64) {
+        let keys: Vec<(KeyId, Encoding)> = self.link.dirty.lock().drain().collect();
         let stands_for = self.requeued_floor.map_or(round, |f| (f + 1).min(round));
         self.drained_round = round;
         self.requeued_floor = None;
@@ -191,7 +193,7 @@ impl<'a> Outbox<'a> {
     async fn send_delta(
         &mut self,
         tx: &mpsc::Sender<Frame>,
-        (mut delta, keys): (super::proto::Delta, Vec<KeyId>),
+        (mut delta, keys): (super::proto::Delta, Vec<(KeyId, Encoding)>),
         round: u64,
     ) -> Result<(), End> {
         self.seq += 1;
@@ -257,7 +259,12 @@ impl<'a> Outbox<'a> {
         &mut self,
         shared: &Shared,
         tx: &mpsc::Sender<Frame>,
-        entries: Vec<(KeyId, crate::bucket::Limit, crate::bucket::BucketState)>,
+        entries: Vec<(
+            KeyId,
+            Encoding,
+            crate::bucket::Limit,
+            crate::bucket::BucketState,
+        )>,
         round: u64,
     ) -> Result<(), End> {
         for chunk in super::link::encode(shared, entries) {
@@ -280,7 +287,7 @@ impl<'a> Outbox<'a> {
         }
         let entries = keys
             .into_iter()
-            .filter_map(|k| shared.store.get(k).map(|(l, s)| (k, l, s)))
+            .filter_map(|(k, how)| shared.store.get(k).map(|(l, s)| (k, how, l, s)))
             .collect();
         self.send_entries(shared, tx, entries, stands_for).await
     }

@@ -209,10 +209,15 @@ async fn receive(
                 // waits here and finds every one's sender (a key drained without it would go
                 // to every peer, this frame's sender included).
                 let mut origins = shared.origins.lock();
-                for (key, limit, state) in &decoded {
-                    if shared.store.merge(*key, *limit, state, now).changed() {
+                for k in &decoded {
+                    let merged = if k.partial {
+                        shared.store.merge_partial(k.key, k.limit, &k.state, now)
+                    } else {
+                        shared.store.merge(k.key, k.limit, &k.state, now)
+                    };
+                    if merged.changed() {
                         shared.metrics.merges.increment(1);
-                        origins.record(*key, &sender);
+                        origins.record(k.key, &sender);
                     }
                 }
                 drop(origins);

@@ -669,6 +669,24 @@ impl Store {
     /// Merge a state received for `key` (from a peer). A state that reads as a full bucket is
     /// not stored for an absent key: that would resurrect a key GC already deleted.
     pub fn merge(&self, key: KeyId, limit: Limit, state: &BucketState, now: i64) -> Merged {
+        self.merge_with(key, limit, state, now, false)
+    }
+
+    /// Merge a partial state: one node's own slot, sent as its change (the rest of the key
+    /// comes from the other nodes). Kept even when it reads as a full bucket for an absent
+    /// key: dropping it could lose that node's count for good once the rest arrives.
+    pub fn merge_partial(&self, key: KeyId, limit: Limit, state: &BucketState, now: i64) -> Merged {
+        self.merge_with(key, limit, state, now, true)
+    }
+
+    fn merge_with(
+        &self,
+        key: KeyId,
+        limit: Limit,
+        state: &BucketState,
+        now: i64,
+        partial: bool,
+    ) -> Merged {
         let mut g = self.shards[self.shard_of(key)].0.lock();
         let shard = &mut *g;
         match shard.map.get_mut(key.0) {
@@ -689,7 +707,7 @@ impl Store {
                 }
             }
             None => {
-                if state.is_idle(&limit, now, 0) {
+                if !partial && state.is_idle(&limit, now, 0) {
                     return Merged::Dropped;
                 }
                 self.live.fetch_add(1, Ordering::Relaxed);

@@ -109,7 +109,7 @@ struct Run {
     converged_after: Duration,
     bytes_per_admitted: f64,
     bytes_per_key_crossing: f64,
-    crossings_per_admitted_per_member: f64,
+    crossings_per_request_per_member: f64,
 }
 
 /// Twice each key's capacity, split evenly over the members, all members at once.
@@ -164,19 +164,19 @@ async fn run(n: usize, latency: Duration) -> Run {
         converged_after,
         bytes_per_admitted: (bytes1 - bytes0) / total as f64,
         bytes_per_key_crossing: (bytes1 - bytes0) / (keys1 - keys0),
-        crossings_per_admitted_per_member: (keys1 - keys0) / total as f64 / (n - 1) as f64,
+        crossings_per_request_per_member: (keys1 - keys0) / (per_node * n) as f64 / (n - 1) as f64,
         admitted,
     };
     eprintln!(
         "fleet of {n}, one-way latency {latency:?}, 1% of Deltas lost: admitted {:?} of \
          {CAPACITY} per key, converged {:?} after the load, {:.0} bytes per admitted request \
-         cluster-wide, {:.0} bytes per key per link crossing, {:.3} crossings per admitted \
-         request per member",
+         cluster-wide, {:.0} bytes per key per link crossing, {:.3} crossings per request \
+         per member",
         r.admitted,
         r.converged_after,
         r.bytes_per_admitted,
         r.bytes_per_key_crossing,
-        r.crossings_per_admitted_per_member
+        r.crossings_per_request_per_member
     );
     r
 }
@@ -214,12 +214,14 @@ async fn check(n: usize, latency: Duration) {
         r.converged_after,
         convergence_bound(latency)
     );
-    // No relaying in a whole mesh: each admission's change crosses each link at most once
-    // (coalescing in a sync interval makes it less).
+    // No relaying in a whole mesh: each request's change (an admission, or a refusal's
+    // demand count) crosses each link about once. Coalescing in a sync interval makes it
+    // less; resends make it more: the 1% lost, and acks late behind 50 members on 2 cores
+    // (measured 1.13-1.15). Relaying every merged change would make it about N-1.
     assert!(
-        r.crossings_per_admitted_per_member <= 1.0,
+        r.crossings_per_request_per_member <= 1.5,
         "{}",
-        r.crossings_per_admitted_per_member
+        r.crossings_per_request_per_member
     );
 }
 
