@@ -349,7 +349,7 @@ impl Limiter {
         let active = self.active.load();
         let now = self.clock.now();
         let resolved = resolve::resolve(&active, req, self.options.quota_mode)?;
-        let decision = decide::decide(&self.store, resolved, now, self.options.shadow_mode);
+        let decision = decide::decide(&self.store, &resolved, now, self.options.shadow_mode);
         account::account(&self.metrics, &decision, now, self.near_ratio);
         Ok(respond::response(req, &decision, &self.options.response))
     }

@@ -48,7 +48,7 @@ impl Default for HeaderNames {
 /// The Envoy response for a decided request.
 pub fn response(
     req: &RateLimitRequest,
-    decision: &Decision<'_>,
+    decision: &Decision<'_, '_>,
     options: &ResponseOptions,
 ) -> RateLimitResponse {
     let outcomes: SmallVec<[Outcome<'_>; 4]> = decision.outcomes().collect();
