@@ -343,9 +343,19 @@ impl BucketState {
 
     pub(super) fn outcome(&self, limit: &Limit, tat: i128, t: i128, allowed: bool) -> Outcome {
         let ahead = tat.saturating_sub(t).max(0);
-        let used = ahead.saturating_add(limit.token() - 1) / limit.token();
+        let (used, reset) = match u64::try_from(ahead) {
+            // Within 2^64 of now (every bucket but those of years-long periods in debt): the
+            // same rounded-up quotients in u64, one machine division each.
+            Ok(a) => (
+                i128::from(a.div_ceil(limit.unit_ns())),
+                i128::from(a.div_ceil(u64::from(limit.per_unit))),
+            ),
+            Err(_) => (
+                ahead.saturating_add(limit.token() - 1) / limit.token(),
+                limit.unscale_ceil(ahead),
+            ),
+        };
         let remaining = (limit.capacity as i128 - used).clamp(0, limit.capacity as i128) as u64;
-        let reset = limit.unscale_ceil(ahead);
         let full_at = limit.unscale_ceil(tat.max(0));
         Outcome {
             allowed,

@@ -61,7 +61,8 @@ pub(crate) fn apply(
 }
 
 /// The admissions decided all or nothing among themselves, merged with `early` (the other
-/// charges' verdicts from [`apply`]) into one verdict per charge. `admitted` says, from which
+/// charges' verdicts from [`apply`]; empty when every charge is an admission) into one verdict
+/// per charge. `admitted` says, from which
 /// charges are within their bucket (one per charge, `early`'s included), whether the request
 /// is admitted; the store asks it while it holds the locks of every bucket it charges.
 pub(crate) fn admit(

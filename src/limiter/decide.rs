@@ -5,6 +5,7 @@ use smallvec::SmallVec;
 
 use super::after::{self, Kind};
 use super::resolve::{Limited, Plan, Resolved};
+use crate::bucket::Limit;
 use crate::config::Rule;
 use crate::store::{Charge, Store, Verdict};
 use crate::unit::Unit;
@@ -42,8 +43,23 @@ pub struct LimitedOutcome<'a> {
     pub remaining: u64,
     /// Until the bucket is full again.
     pub reset_ns: u64,
-    /// Until the bucket holds the hits asked for: when a client should try again.
-    pub retry_after_ns: u64,
+    /// The bucket's limit and the hits asked of it (`None`: the limit admits nothing).
+    bucket: Option<(Limit, u64)>,
+}
+
+impl LimitedOutcome<'_> {
+    /// Until the bucket holds the hits asked for: when a client should try again. Computed
+    /// only when asked (`--retry-after` on a rejection), not for every descriptor.
+    pub fn retry_after_ns(&self) -> u64 {
+        let Some((limit, hits)) = self.bucket else {
+            return self.reset_ns;
+        };
+        // Full at reset; `hits` tokens are back (capacity - hits) tokens' time earlier.
+        let capacity = u64::from(limit.capacity());
+        let token_ns = limit.unit_ns() as f64 / f64::from(limit.per_unit());
+        let early = (capacity - hits.min(capacity)) as f64 * token_ns;
+        (self.reset_ns as f64 - early).max(0.0) as u64
+    }
 }
 
 impl<'a> Decision<'_, 'a> {
@@ -72,6 +88,9 @@ impl<'a> Decision<'_, 'a> {
     /// an over one before any within, then the fewest tokens left, then the longest time until
     /// the bucket is full again (the first of equals).
     fn most_restrictive(&self, ls: &[Limited<'a>]) -> LimitedOutcome<'a> {
+        if let [l] = ls {
+            return self.limited(l);
+        }
         let mut outcomes = ls.iter().map(|l| self.limited(l));
         let first = outcomes.next();
         let pick = outcomes.fold(first, |best, o| match best {
@@ -93,7 +112,7 @@ impl<'a> Decision<'_, 'a> {
             quota: false,
             remaining: 0,
             reset_ns: 0,
-            retry_after_ns: 0,
+            bucket: None,
         })
     }
 
@@ -107,7 +126,7 @@ impl<'a> Decision<'_, 'a> {
             quota: l.quota,
             remaining: 0,
             reset_ns: l.unit.nanos(),
-            retry_after_ns: l.unit.nanos(),
+            bucket: None,
         };
         if let Some(c) = l.charge {
             let v = self.verdicts[c];
@@ -115,11 +134,7 @@ impl<'a> Decision<'_, 'a> {
             o.over = !v.within;
             o.remaining = v.outcome.remaining;
             o.reset_ns = v.outcome.reset_ns;
-            // Full at reset; `hits` tokens are back (capacity - hits) tokens' time earlier.
-            let capacity = u64::from(limit.capacity());
-            let token_ns = limit.unit_ns() as f64 / f64::from(limit.per_unit());
-            let early = (capacity - hits.min(capacity)) as f64 * token_ns;
-            o.retry_after_ns = (v.outcome.reset_ns as f64 - early).max(0.0) as u64;
+            o.bucket = Some((limit, hits));
         }
         o
     }
@@ -146,12 +161,13 @@ pub(crate) fn decide<'r, 'a>(
     let plans = &resolved.plans[..];
     // Usage, pre-checks and refunds first (`after`): they apply whatever the other limits say,
     // and a short bucket among them rejects the request.
-    let early = after::apply(
-        store,
-        &resolved.charges,
-        &kinds_of(plans, resolved.charges.len()),
-        now,
-    );
+    // Most requests have only admissions: nothing to apply first, and no verdicts to merge.
+    let kinds = kinds_of(plans, resolved.charges.len());
+    let early = if kinds.iter().all(|k| *k == Kind::Admit) {
+        SmallVec::new()
+    } else {
+        after::apply(store, &resolved.charges, &kinds, now)
+    };
     let count = Counts::of(plans);
     // `requests_per_unit: 0` outside quota mode (or on every quota descriptor) rejects the
     // request whatever the buckets say: they are only read. So does a usage charge or

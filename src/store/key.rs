@@ -5,7 +5,6 @@
 //! The rule's identity includes its limit, so a changed limit starts fresh buckets instead of
 //! reinterpreting old counts.
 
-use smallvec::SmallVec;
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::bucket::Limit;
@@ -35,32 +34,66 @@ impl KeyId {
 /// function over the same bytes (the test below holds it to that, so ids stay what they were
 /// and nodes of different versions agree), but its state is over half a kilobyte that every
 /// key derivation set up and moved, about a tenth of a decision's work. The fields of a key
-/// are a few dozen bytes: they go in an inline buffer, on the heap only past 192 bytes.
-pub struct KeyBuilder(SmallVec<[u8; 192]>);
+/// are a few dozen bytes: they go in an inline buffer, and to the heap only past it.
+pub struct KeyBuilder {
+    inline: [u8; INLINE],
+    len: usize,
+    /// Every byte so far, once they no longer fit `inline` (empty until then).
+    spilled: Vec<u8>,
+}
+
+/// Bytes of key fields kept on the stack: a domain, a rule id and a few short entries.
+const INLINE: usize = 160;
 
 impl KeyBuilder {
     #[inline]
     pub fn new(domain: &str) -> Self {
-        let mut b = KeyBuilder(SmallVec::new());
+        let mut b = KeyBuilder {
+            inline: [0; INLINE],
+            len: 0,
+            spilled: Vec::new(),
+        };
         b.str(domain);
         b
     }
 
     #[inline]
     pub fn str(&mut self, s: &str) -> &mut Self {
-        self.0.extend_from_slice(&(s.len() as u64).to_le_bytes());
-        self.0.extend_from_slice(s.as_bytes());
+        self.put(&(s.len() as u64).to_le_bytes());
+        self.put(s.as_bytes());
         self
     }
 
     #[inline]
     pub fn u64(&mut self, v: u64) -> &mut Self {
-        self.0.extend_from_slice(&v.to_le_bytes());
+        self.put(&v.to_le_bytes());
         self
     }
 
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        let end = self.len + bytes.len();
+        match self.inline.get_mut(self.len..end) {
+            Some(to) => to.copy_from_slice(bytes),
+            None => self.spill(bytes),
+        }
+        self.len = end;
+    }
+
+    #[cold]
+    fn spill(&mut self, bytes: &[u8]) {
+        if self.spilled.is_empty() {
+            self.spilled.extend_from_slice(&self.inline[..self.len]);
+        }
+        self.spilled.extend_from_slice(bytes);
+    }
+
     pub fn finish(&self) -> KeyId {
-        KeyId(xxh3_128(&self.0))
+        let bytes = match self.inline.get(..self.len) {
+            Some(b) => b,
+            None => &self.spilled,
+        };
+        KeyId(xxh3_128(bytes))
     }
 }
 

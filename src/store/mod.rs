@@ -559,10 +559,14 @@ impl Store {
                     // (and every peer) drops it with what was admitted on it.
                     entry.state.open_at(&c.limit, now);
                 }
-                let before = (
-                    entry.state.consumed_by(self.local),
-                    entry.state.requested_by(self.local),
-                );
+                // The burst guard's record of this node's counts before the change (read only
+                // when the guard is on: two slot scans a charge otherwise spent for nothing).
+                let before = (mode.guard > 0).then(|| {
+                    (
+                        entry.state.consumed_by(self.local),
+                        entry.state.requested_by(self.local),
+                    )
+                });
                 let outcome = if mode.fair > 0 {
                     // Decide on this node's share; record the counts, never B or F.
                     let share = shard
@@ -584,7 +588,7 @@ impl Store {
                         permit,
                     )
                 };
-                if mode.guard > 0 {
+                if let Some(before) = before {
                     if let std::collections::hash_map::Entry::Vacant(v) =
                         shard.acked.entry(Packed::of(id))
                     {

@@ -1014,7 +1014,22 @@ mod saturating_reference {
                 tat = p.tat(l);
             }
         }
-        (p, s.outcome(l, tat, t, allowed))
+        (p, outcome(l, tat, t, allowed))
+    }
+
+    /// The former outcome: every quotient in i128.
+    fn outcome(l: &Limit, tat: i128, t: i128, allowed: bool) -> Outcome {
+        let token = l.unit_ns() as i128;
+        let r = l.per_unit() as i128;
+        let ahead = tat.saturating_sub(t).max(0);
+        let used = ahead.saturating_add(token - 1) / token;
+        let capacity = l.capacity() as i128;
+        Outcome {
+            allowed,
+            remaining: (capacity - used).clamp(0, capacity) as u64,
+            reset_ns: (ahead.saturating_add(r - 1) / r).clamp(0, u64::MAX as i128) as u64,
+            full_at_ns: (tat.max(0).saturating_add(r - 1) / r).clamp(0, i64::MAX as i128) as i64,
+        }
     }
 }
 
