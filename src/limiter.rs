@@ -348,8 +348,9 @@ impl Limiter {
         self.validate(req)?;
         let active = self.active.load();
         let now = self.clock.now();
-        let resolved = resolve::resolve(&active, req, self.options.quota_mode)?;
-        let decision = decide::decide(&self.store, resolved, now, self.options.shadow_mode);
+        let mut resolved = resolve::Resolved::default();
+        resolve::resolve(&active, req, self.options.quota_mode, &mut resolved)?;
+        let decision = decide::decide(&self.store, &resolved, now, self.options.shadow_mode);
         account::account(&self.metrics, &decision, now, self.near_ratio);
         Ok(respond::response(req, &decision, &self.options.response))
     }

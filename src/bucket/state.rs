@@ -72,8 +72,12 @@ impl Limit {
     }
 
     /// Wall nanoseconds to scaled time: exact, one token is `unit_ns` scaled units.
+    ///
+    /// An i64 times a u32 is below 2^95, so the product always fits an i128: a plain widening
+    /// multiplication (one instruction), where a saturating i128 one would call a library
+    /// routine on every decision for an overflow that cannot happen.
     pub(super) fn scaled(&self, t_ns: i64) -> i128 {
-        (t_ns as i128).saturating_mul(self.per_unit as i128)
+        i128::from(t_ns) * i128::from(self.per_unit)
     }
 
     /// Scaled duration of one token (`T_s`).
@@ -81,9 +85,10 @@ impl Limit {
         self.unit_ns() as i128
     }
 
-    /// Scaled duration of `n` tokens.
+    /// Scaled duration of `n` tokens. `T_s` is at most [`MAX_PERIOD_NS`] (below 2^62) and `n`
+    /// below 2^64, so the product is below 2^126: exact as a widening u64 multiplication.
     pub(super) fn tokens_span(&self, n: u64) -> i128 {
-        self.token().saturating_mul(n as i128)
+        (u128::from(self.unit_ns()) * u128::from(n)) as i128
     }
 
     /// Scaled duration back to nanoseconds, rounded up (a reset is never announced early).
@@ -243,24 +248,42 @@ impl BucketState {
 
     /// Raise `B` to forget the overflow of a full bucket (GCRA's `max(TAT, t)`); returns TAT.
     pub(super) fn rebase_if_full(&mut self, limit: &Limit, t: i128) -> i128 {
-        let tat = self.tat(limit);
+        let span = self.span_in_use(limit);
+        self.rebase_with(span, self.tat_from(span), t)
+    }
+
+    /// [`rebase_if_full`](Self::rebase_if_full) for a state whose tokens in use span `span`
+    /// and whose TAT is `tat`: the counts are not read again.
+    fn rebase_with(&mut self, span: i128, tat: i128, t: i128) -> i128 {
         if tat >= t {
             return tat;
         }
         self.base = Wide::of(self.base().saturating_add(t.saturating_sub(tat)));
-        self.tat(limit)
+        self.tat_from(span)
     }
 
     /// Raise `F` so that the debt is at most `debt_cap` tokens at scaled time `t`; returns TAT.
     pub(super) fn forgive_beyond(&mut self, limit: &Limit, t: i128, debt_cap: u64) -> i128 {
-        let tat = self.tat(limit);
+        let span = self.span_in_use(limit);
+        self.forgive_with(limit, span, self.tat_from(span), t, debt_cap)
+    }
+
+    /// [`forgive_beyond`](Self::forgive_beyond) from a known `span` and `tat`.
+    fn forgive_with(
+        &mut self,
+        limit: &Limit,
+        span: i128,
+        tat: i128,
+        t: i128,
+        debt_cap: u64,
+    ) -> i128 {
         let ceiling =
             t.saturating_add(limit.tokens_span((limit.capacity as u64).saturating_add(debt_cap)));
         if tat <= ceiling {
             return tat;
         }
         self.forgiven = Wide::of(self.forgiven().saturating_add(tat.saturating_sub(ceiling)));
-        self.tat(limit)
+        self.tat_from(span)
     }
 
     fn consumed_total(&self) -> i128 {
@@ -269,12 +292,36 @@ impl BucketState {
             .fold(0i128, |acc, s| acc.saturating_add(s.consumed as i128))
     }
 
+    /// Tokens in use: consumed, net of refunds. Exact: each sum is of fewer than 2^63 values
+    /// below 2^64, far from the i128 bounds, so adding `d` to one slot adds exactly `d` here.
+    fn net_consumed(&self) -> i128 {
+        self.consumed_total().saturating_sub(self.refunds.total())
+    }
+
+    /// The scaled time `net` tokens stand for, `T_s * net`. A net that fits an i64 (every
+    /// real one) gives a product below 2^62 * 2^63: a widening multiplication is exact and
+    /// equals the saturating one, which stays for anything larger.
+    fn span_of(limit: &Limit, net: i128) -> i128 {
+        match i64::try_from(net) {
+            Ok(n) => i128::from(limit.unit_ns() as i64) * i128::from(n),
+            Err(_) => limit.token().saturating_mul(net),
+        }
+    }
+
+    fn span_in_use(&self, limit: &Limit) -> i128 {
+        Self::span_of(limit, self.net_consumed())
+    }
+
+    /// TAT from the span of the tokens in use: `B + span - F`.
+    fn tat_from(&self, span: i128) -> i128 {
+        self.base()
+            .saturating_add(span)
+            .saturating_sub(self.forgiven())
+    }
+
     /// Theoretical arrival time, scaled: the bucket is full again at TAT.
     pub(super) fn tat(&self, limit: &Limit) -> i128 {
-        let net = self.consumed_total().saturating_sub(self.refunds.total());
-        self.base()
-            .saturating_add(limit.token().saturating_mul(net))
-            .saturating_sub(self.forgiven())
+        self.tat_from(self.span_in_use(limit))
     }
 
     fn slot_mut(&mut self, replica: ReplicaId) -> &mut Slot {
@@ -296,9 +343,19 @@ impl BucketState {
 
     pub(super) fn outcome(&self, limit: &Limit, tat: i128, t: i128, allowed: bool) -> Outcome {
         let ahead = tat.saturating_sub(t).max(0);
-        let used = ahead.saturating_add(limit.token() - 1) / limit.token();
+        let (used, reset) = match u64::try_from(ahead) {
+            // Within 2^64 of now (every bucket but those of years-long periods in debt): the
+            // same rounded-up quotients in u64, one machine division each.
+            Ok(a) => (
+                i128::from(a.div_ceil(limit.unit_ns())),
+                i128::from(a.div_ceil(u64::from(limit.per_unit))),
+            ),
+            Err(_) => (
+                ahead.saturating_add(limit.token() - 1) / limit.token(),
+                limit.unscale_ceil(ahead),
+            ),
+        };
         let remaining = (limit.capacity as i128 - used).clamp(0, limit.capacity as i128) as u64;
-        let reset = limit.unscale_ceil(ahead);
         let full_at = limit.unscale_ceil(tat.max(0));
         Outcome {
             allowed,
@@ -312,8 +369,12 @@ impl BucketState {
     /// whether the bucket is within its limit at all (false only while in debt).
     pub fn check(&self, limit: &Limit, n: u64, now: i64) -> bool {
         let t = limit.scaled(now);
-        let tat = self.tat(limit).max(t);
-        tat.saturating_add(limit.tokens_span(n))
+        Self::fits(limit, self.tat(limit), t, n)
+    }
+
+    /// Whether `n` tokens fit a bucket with this `tat` at scaled time `t`.
+    fn fits(limit: &Limit, tat: i128, t: i128, n: u64) -> bool {
+        tat.max(t).saturating_add(limit.tokens_span(n))
             <= t.saturating_add(limit.tokens_span(limit.capacity as u64))
     }
 
@@ -321,8 +382,7 @@ impl BucketState {
     pub fn peek(&self, limit: &Limit, now: i64) -> Outcome {
         let t = limit.scaled(now);
         let tat = self.tat(limit);
-        let allowed = self.check(limit, 0, now);
-        self.outcome(limit, tat, t, allowed)
+        self.outcome(limit, tat, t, Self::fits(limit, tat, t, 0))
     }
 
     /// Whole tokens available at `now` (negative while in debt).
@@ -364,22 +424,25 @@ impl BucketState {
         permit: bool,
     ) -> Outcome {
         let t = limit.scaled(now);
+        // The counts are read once: the steps below change `B` and `F`, and TAT follows from
+        // them and the span of the tokens in use.
+        let mut net = self.net_consumed();
+        let span = Self::span_of(limit, net);
         // 1. Full bucket: forget the overflow (GCRA's max(TAT, t)).
-        self.rebase_if_full(limit, t);
+        let tat = self.rebase_with(span, self.tat_from(span), t);
         // 2. Debt beyond K tokens is forgiven, so late remote consumption cannot lock out a key
         //    for longer than K / r.
-        let mut tat = self.forgive_beyond(limit, t, debt_cap);
+        let mut tat = self.forgive_with(limit, span, tat, t, debt_cap);
         // 3. Admit iff the tokens are there.
-        let cost = limit.tokens_span(n);
-        let fits = tat.max(t).saturating_add(cost)
-            <= t.saturating_add(limit.tokens_span(limit.capacity as u64));
-        let allowed = permit && fits;
+        let allowed = permit && Self::fits(limit, tat, t, n);
         if n > 0 {
             let slot = self.slot_mut(who);
             slot.requested = slot.requested.saturating_add(n);
             if allowed {
-                slot.consumed = slot.consumed.saturating_add(n);
-                tat = self.tat(limit);
+                let before = slot.consumed;
+                slot.consumed = before.saturating_add(n);
+                net += i128::from(slot.consumed - before);
+                tat = self.tat_from(Self::span_of(limit, net));
             }
         }
         self.outcome(limit, tat, t, allowed)

@@ -8,14 +8,14 @@ use crate::metrics::Metrics;
 use crate::store::Placement;
 
 /// Count a decided request: per-rule counters, bucket observations, cap and domain counters.
-pub(crate) fn account(metrics: &Metrics, d: &Decision<'_>, now: i64, near_ratio: f64) {
-    if d.unknown_domain {
+pub(crate) fn account(metrics: &Metrics, d: &Decision<'_, '_>, now: i64, near_ratio: f64) {
+    if d.unknown_domain() {
         metrics.unknown_domain.increment(1);
     }
     if d.global_shadow {
         metrics.global_shadow_mode.increment(1);
     }
-    for plan in &d.plans {
+    for plan in d.plans() {
         if let Plan::Limited(ls) = plan {
             for l in ls {
                 limited(metrics, d, l, now, near_ratio);
@@ -24,17 +24,18 @@ pub(crate) fn account(metrics: &Metrics, d: &Decision<'_>, now: i64, near_ratio:
     }
 }
 
-fn limited(metrics: &Metrics, d: &Decision<'_>, l: &Limited<'_>, now: i64, near_ratio: f64) {
+fn limited(metrics: &Metrics, d: &Decision<'_, '_>, l: &Limited<'_>, now: i64, near_ratio: f64) {
     let Some(c) = l.charge else {
         // A limit that admits nothing: every hit is over.
         record(l, now, l.hits, true, false);
         return;
     };
     let v = d.verdicts[c];
-    let hits = d.asked[c];
+    let charge = &d.charges()[c];
+    let hits = charge.hits;
     // A refund gives hits back: it is not a hit, over or within.
     if hits > 0 && l.kind != Kind::Refund {
-        let capacity = u64::from(d.charges[c].limit.capacity());
+        let capacity = u64::from(charge.limit.capacity());
         let over = !v.within;
         let used = capacity - v.outcome.remaining.min(capacity);
         let near = !over && used as f64 >= near_ratio * capacity as f64;

@@ -61,15 +61,19 @@ pub(crate) fn apply(
 }
 
 /// The admissions decided all or nothing among themselves, merged with `early` (the other
-/// charges' verdicts from [`apply`]) into one verdict per charge.
+/// charges' verdicts from [`apply`]; empty when every charge is an admission) into one verdict
+/// per charge. `admitted` says, from which
+/// charges are within their bucket (one per charge, `early`'s included), whether the request
+/// is admitted; the store asks it while it holds the locks of every bucket it charges.
 pub(crate) fn admit(
     store: &Store,
     charges: &[Charge],
     early: &[Option<Verdict>],
     now: i64,
+    admitted: impl FnOnce(&[bool]) -> bool,
 ) -> SmallVec<[Verdict; 4]> {
     if early.iter().all(Option::is_none) {
-        return store.decide(charges, now);
+        return store.decide_with(charges, now, admitted);
     }
     let plain: SmallVec<[Charge; 4]> = charges
         .iter()
@@ -77,7 +81,19 @@ pub(crate) fn admit(
         .filter(|(_, e)| e.is_none())
         .map(|(c, _)| *c)
         .collect();
-    let mut decided = store.decide(&plain, now).into_iter();
+    let mut decided = store
+        .decide_with(&plain, now, |fits| {
+            let mut fits = fits.iter();
+            let within: SmallVec<[bool; 4]> = early
+                .iter()
+                .map(|e| match e {
+                    Some(v) => v.within,
+                    None => fits.next().copied().unwrap_or(false),
+                })
+                .collect();
+            admitted(&within)
+        })
+        .into_iter();
     early
         .iter()
         .map(|e| match e {

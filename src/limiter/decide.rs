@@ -5,18 +5,18 @@ use smallvec::SmallVec;
 
 use super::after::{self, Kind};
 use super::resolve::{Limited, Plan, Resolved};
+use crate::bucket::Limit;
 use crate::config::Rule;
 use crate::store::{Charge, Store, Verdict};
 use crate::unit::Unit;
 
-/// A decided request: the plans, the store's verdicts, and the answer.
-pub struct Decision<'a> {
-    pub(crate) plans: SmallVec<[Plan<'a>; 4]>,
-    pub(crate) charges: SmallVec<[Charge; 4]>,
+/// A decided request: the store's verdicts and the answer, next to the plans and charges they
+/// are about (borrowed: a request's plans are built once, in `resolve`, and never moved).
+pub struct Decision<'r, 'a> {
+    pub(crate) resolved: &'r Resolved<'a>,
+    /// One per charge of `resolved`. The hits each charge asked for stay `resolved`'s (a
+    /// request blocked before the store was asked was decided on reads of 0 hits).
     pub(crate) verdicts: SmallVec<[Verdict; 4]>,
-    /// Hits each charge asked for (a request blocked by `requests_per_unit: 0` charges 0).
-    pub(crate) asked: SmallVec<[u64; 4]>,
-    pub(crate) unknown_domain: bool,
     /// A descriptor that is not in quota mode is over, or every quota-mode one is.
     pub over: bool,
     /// Over, but answered OK because global shadow mode is on.
@@ -43,14 +43,41 @@ pub struct LimitedOutcome<'a> {
     pub remaining: u64,
     /// Until the bucket is full again.
     pub reset_ns: u64,
-    /// Until the bucket holds the hits asked for: when a client should try again.
-    pub retry_after_ns: u64,
+    /// The bucket's limit and the hits asked of it (`None`: the limit admits nothing).
+    bucket: Option<(Limit, u64)>,
 }
 
-impl<'a> Decision<'a> {
+impl LimitedOutcome<'_> {
+    /// Until the bucket holds the hits asked for: when a client should try again. Computed
+    /// only when asked (`--retry-after` on a rejection), not for every descriptor.
+    pub fn retry_after_ns(&self) -> u64 {
+        let Some((limit, hits)) = self.bucket else {
+            return self.reset_ns;
+        };
+        // Full at reset; `hits` tokens are back (capacity - hits) tokens' time earlier.
+        let capacity = u64::from(limit.capacity());
+        let token_ns = limit.unit_ns() as f64 / f64::from(limit.per_unit());
+        let early = (capacity - hits.min(capacity)) as f64 * token_ns;
+        (self.reset_ns as f64 - early).max(0.0) as u64
+    }
+}
+
+impl<'a> Decision<'_, 'a> {
+    pub(crate) fn plans(&self) -> &[Plan<'a>] {
+        &self.resolved.plans
+    }
+
+    pub(crate) fn charges(&self) -> &[Charge] {
+        &self.resolved.charges
+    }
+
+    pub(crate) fn unknown_domain(&self) -> bool {
+        self.resolved.unknown_domain
+    }
+
     /// The descriptors' outcomes, in request order.
     pub fn outcomes(&self) -> impl Iterator<Item = Outcome<'a>> + '_ {
-        self.plans.iter().map(|p| match p {
+        self.plans().iter().map(|p| match p {
             Plan::NoLimit => Outcome::NoLimit,
             Plan::Unlimited(r) => Outcome::Unlimited(r),
             Plan::Limited(ls) => Outcome::Limited(self.most_restrictive(ls)),
@@ -61,6 +88,9 @@ impl<'a> Decision<'a> {
     /// an over one before any within, then the fewest tokens left, then the longest time until
     /// the bucket is full again (the first of equals).
     fn most_restrictive(&self, ls: &[Limited<'a>]) -> LimitedOutcome<'a> {
+        if let [l] = ls {
+            return self.limited(l);
+        }
         let mut outcomes = ls.iter().map(|l| self.limited(l));
         let first = outcomes.next();
         let pick = outcomes.fold(first, |best, o| match best {
@@ -82,7 +112,7 @@ impl<'a> Decision<'a> {
             quota: false,
             remaining: 0,
             reset_ns: 0,
-            retry_after_ns: 0,
+            bucket: None,
         })
     }
 
@@ -96,19 +126,15 @@ impl<'a> Decision<'a> {
             quota: l.quota,
             remaining: 0,
             reset_ns: l.unit.nanos(),
-            retry_after_ns: l.unit.nanos(),
+            bucket: None,
         };
         if let Some(c) = l.charge {
             let v = self.verdicts[c];
-            let limit = self.charges[c].limit;
+            let Charge { limit, hits, .. } = self.charges()[c];
             o.over = !v.within;
             o.remaining = v.outcome.remaining;
             o.reset_ns = v.outcome.reset_ns;
-            // Full at reset; `hits` tokens are back (capacity - hits) tokens' time earlier.
-            let capacity = u64::from(limit.capacity());
-            let token_ns = limit.unit_ns() as f64 / f64::from(limit.per_unit());
-            let early = (capacity - self.asked[c].min(capacity)) as f64 * token_ns;
-            o.retry_after_ns = (v.outcome.reset_ns as f64 - early).max(0.0) as u64;
+            o.bucket = Some((limit, hits));
         }
         o
     }
@@ -121,62 +147,62 @@ impl<'a> Decision<'a> {
 
 /// Decide the charges of `resolved` at `now`.
 ///
-/// All or nothing: a request that is over charges none of its buckets. Quota mode makes that a
-/// two-step affair: when some quota-mode descriptors are over but not all of them, the request
-/// passes, so the first pass (which charged nothing, since a charge did not fit) is followed by
-/// one that charges what fits. The two passes are not atomic: a concurrent request may take
-/// tokens in between, which at worst makes this one pass on fewer buckets.
-pub(crate) fn decide<'a>(
+/// All or nothing: a request that is over charges none of its buckets. The store decides the
+/// request's admission under the locks of every shard it charges, from what fits
+/// ([`over`]): in quota mode that takes all the descriptors into account at once, so no
+/// other request can take the tokens of a within quota descriptor between the decision and
+/// the charge.
+pub(crate) fn decide<'r, 'a>(
     store: &Store,
-    resolved: Resolved<'a>,
+    resolved: &'r Resolved<'a>,
     now: i64,
     global_shadow: bool,
-) -> Decision<'a> {
-    let Resolved {
-        plans,
-        mut charges,
-        unknown_domain,
-    } = resolved;
-    let asked: SmallVec<[u64; 4]> = charges.iter().map(|c| c.hits).collect();
+) -> Decision<'r, 'a> {
+    let plans = &resolved.plans[..];
     // Usage, pre-checks and refunds first (`after`): they apply whatever the other limits say,
     // and a short bucket among them rejects the request.
-    let early = after::apply(store, &charges, &kinds_of(&plans, charges.len()), now);
-    let count = Counts::of(&plans);
+    // Most requests have only admissions: nothing to apply first, and no verdicts to merge.
+    let kinds = kinds_of(plans, resolved.charges.len());
+    let early = if kinds.iter().all(|k| *k == Kind::Admit) {
+        SmallVec::new()
+    } else {
+        after::apply(store, &resolved.charges, &kinds, now)
+    };
+    let count = Counts::of(plans);
     // `requests_per_unit: 0` outside quota mode (or on every quota descriptor) rejects the
     // request whatever the buckets say: they are only read. So does a usage charge or
     // pre-check that found its bucket short (on an enforced descriptor outside quota mode).
     let blocked = count.blocked || (count.quota > 0 && count.quota_blocked == count.quota);
-    let held = early_over(&plans, &early);
-    if blocked || held {
-        for c in charges.iter_mut() {
-            c.hits = 0;
-        }
-    }
-    let mut verdicts = after::admit(store, &charges, &early, now);
-    if !blocked && !held && count.quota > 0 {
-        let over = Over::of(&plans, &verdicts);
-        let quota_over = over.quota + count.quota_blocked;
-        if !over.other && over.quota > 0 && quota_over < count.quota {
-            for l in limited(&plans).filter(|l| l.quota) {
-                if let Some(c) = l.charge {
-                    charges[c].enforce = false;
-                }
-            }
-            verdicts = after::admit(store, &charges, &early, now);
-        }
-    }
-    let o = Over::of(&plans, &verdicts);
-    let over =
-        blocked || o.other || (count.quota > 0 && o.quota + count.quota_blocked == count.quota);
+    let held = early_over(plans, &early);
+    let reads: SmallVec<[Charge; 4]>;
+    let charges: &[Charge] = if blocked || held {
+        reads = resolved
+            .charges
+            .iter()
+            .map(|c| Charge { hits: 0, ..*c })
+            .collect();
+        &reads
+    } else {
+        &resolved.charges
+    };
+    let verdicts = after::admit(store, charges, &early, now, |within| {
+        !over(plans, &count, |c| within.get(c).copied().unwrap_or(false))
+    });
+    let over = blocked || over(plans, &count, |c| verdicts[c].within);
     Decision {
-        plans,
-        charges,
+        resolved,
         verdicts,
-        asked,
-        unknown_domain,
         over,
         global_shadow: over && global_shadow,
     }
+}
+
+/// Whether the request is over, given which charges are `within` their bucket: an enforced
+/// descriptor outside quota mode is over, or every quota-mode descriptor is (those whose limit
+/// admits nothing included).
+fn over(plans: &[Plan<'_>], count: &Counts, within: impl Fn(usize) -> bool) -> bool {
+    let o = Over::of(plans, within);
+    o.other || (count.quota > 0 && o.quota + count.quota_blocked == count.quota)
 }
 
 /// Every limit of every descriptor.
@@ -252,16 +278,13 @@ struct Over {
 }
 
 impl Over {
-    fn of(plans: &[Plan<'_>], verdicts: &[Verdict]) -> Over {
+    fn of(plans: &[Plan<'_>], within: impl Fn(usize) -> bool) -> Over {
         let mut o = Over {
             quota: 0,
             other: false,
         };
         for ls in descriptors(plans) {
-            let over = ls
-                .iter()
-                .filter_map(|l| l.charge)
-                .any(|c| !verdicts[c].within);
+            let over = ls.iter().filter_map(|l| l.charge).any(|c| !within(c));
             if !over {
                 continue;
             }

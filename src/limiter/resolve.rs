@@ -47,10 +47,20 @@ pub(crate) struct Limited<'a> {
     pub label: Option<String>,
 }
 
+/// What a request resolved to. Filled in place by [`resolve`] and then only borrowed: at about
+/// a kilobyte, every move of it was a copy on each request.
+#[derive(Default)]
 pub(crate) struct Resolved<'a> {
     pub plans: SmallVec<[Plan<'a>; 4]>,
     pub charges: SmallVec<[Charge; 4]>,
     pub unknown_domain: bool,
+}
+
+/// What one rule of a descriptor resolved to.
+enum RulePlan<'a> {
+    NoLimit,
+    Unlimited(&'a Rule),
+    Limited(Limited<'a>),
 }
 
 /// What a descriptor matched, before `replaces` is applied.
@@ -61,26 +71,22 @@ enum Matched<'a> {
     Rules(usize, &'a [Rule]),
 }
 
-/// Resolve every descriptor of `req` against `active`. `global_quota` puts every limited
-/// descriptor in quota mode (the reference's global quota mode).
+/// Resolve every descriptor of `req` against `active` into `resolved` (empty). `global_quota`
+/// puts every limited descriptor in quota mode (the reference's global quota mode).
 pub(crate) fn resolve<'a>(
     active: &'a Active,
     req: &'a RateLimitRequest,
     global_quota: bool,
-) -> Result<Resolved<'a>, RequestError> {
-    let mut resolved = Resolved {
-        plans: SmallVec::new(),
-        charges: SmallVec::new(),
-        unknown_domain: false,
-    };
+    resolved: &mut Resolved<'a>,
+) -> Result<(), RequestError> {
     // The domain is checked first, as in the reference: on an unknown domain even a limit
     // override has no effect.
     let Some(domain) = active.config.domain(&req.domain) else {
         resolved.unknown_domain = true;
-        resolved
-            .plans
-            .extend(req.descriptors.iter().map(|_| Plan::NoLimit));
-        return Ok(resolved);
+        for _ in &req.descriptors {
+            resolved.plans.push(Plan::NoLimit);
+        }
+        return Ok(());
     };
     let matched: SmallVec<[Matched<'a>; 4]> = req
         .descriptors
@@ -117,7 +123,7 @@ pub(crate) fn resolve<'a>(
         active,
         domain: &req.domain,
         global_quota,
-        charges: SmallVec::new(),
+        charges: &mut resolved.charges,
     };
     for (index, (d, m)) in req.descriptors.iter().zip(&matched).enumerate() {
         let hits = d.hits_addend.as_ref().map_or(request_hits, |h| h.value);
@@ -136,19 +142,18 @@ pub(crate) fn resolve<'a>(
         };
         resolved.plans.push(plan);
     }
-    resolved.charges = r.charges;
-    Ok(resolved)
+    Ok(())
 }
 
 /// What every plan of one request shares: the config, the domain, and the charges so far.
-struct Resolver<'a> {
+struct Resolver<'a, 'r> {
     active: &'a Active,
     domain: &'a str,
     global_quota: bool,
-    charges: SmallVec<[Charge; 4]>,
+    charges: &'r mut SmallVec<[Charge; 4]>,
 }
 
-impl<'a> Resolver<'a> {
+impl<'a> Resolver<'a, '_> {
     /// A descriptor with its own limit (`descriptor.limit`): the config is bypassed.
     fn override_plan(
         &mut self,
@@ -209,9 +214,9 @@ impl<'a> Resolver<'a> {
                 });
             }
             match self.rule_plan(d, first + j, rule, hits) {
-                Plan::Limited(l) => limits.extend(l),
-                Plan::Unlimited(u) => unlimited = unlimited.or(Some(u)),
-                Plan::NoLimit => {}
+                RulePlan::Limited(l) => limits.push(l),
+                RulePlan::Unlimited(u) => unlimited = unlimited.or(Some(u)),
+                RulePlan::NoLimit => {}
             }
         }
         Ok(match unlimited {
@@ -222,7 +227,13 @@ impl<'a> Resolver<'a> {
     }
 
     /// A descriptor matched by rule `r`, at position `i` of the config's rules.
-    fn rule_plan(&mut self, d: &RateLimitDescriptor, i: usize, r: &'a Rule, hits: u64) -> Plan<'a> {
+    fn rule_plan(
+        &mut self,
+        d: &RateLimitDescriptor,
+        i: usize,
+        r: &'a Rule,
+        hits: u64,
+    ) -> RulePlan<'a> {
         let RuleLimit::Limited {
             requests_per_unit,
             unit,
@@ -230,11 +241,11 @@ impl<'a> Resolver<'a> {
             unit_multiplier,
         } = r.limit
         else {
-            return Plan::Unlimited(r);
+            return RulePlan::Unlimited(r);
         };
         // Built from the same config, every rule has metrics; stay safe anyway.
         let Some(metrics) = self.active.rules.get(i) else {
-            return Plan::NoLimit;
+            return RulePlan::NoLimit;
         };
         let limit = Limit::over(
             burst.unwrap_or(requests_per_unit),
@@ -248,7 +259,7 @@ impl<'a> Resolver<'a> {
             self.charge(key, limit, hits, !r.shadow_mode, r.id)
         });
         let (requests_per_unit, unit) = period::reported(requests_per_unit, unit, unit_multiplier);
-        Plan::Limited(smallvec::smallvec![Limited {
+        RulePlan::Limited(Limited {
             rule: Some(r),
             metrics,
             requests_per_unit,
@@ -262,7 +273,7 @@ impl<'a> Resolver<'a> {
                 .metric_path
                 .as_ref()
                 .map(|p| keys::metric_label(p, d, r.position)),
-        }])
+        })
     }
 
     /// `rule`: the key budget a new key counts in (`store::budget`).

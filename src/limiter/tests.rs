@@ -165,6 +165,90 @@ fn a_quota_descriptor_with_several_limits_counts_once_and_is_over_if_any_is() {
     assert_eq!(code, OK);
 }
 
+/// A plain limit no request reaches, a quota descriptor spent from the start and a quota
+/// descriptor that holds one token at a time, refilled every millisecond.
+const QUOTA_RACE: &str = r#"
+domain: race
+descriptors:
+  - key: plain
+    rate_limit: {unit: hour, requests_per_unit: 1000000000}
+  - key: spent
+    quota_mode: true
+    rate_limit: {unit: hour, requests_per_unit: 1}
+  - key: hot
+    quota_mode: true
+    rate_limit: {unit: second, requests_per_unit: 1000, burst: 1}
+"#;
+
+#[test]
+fn many_threads_on_one_quota_key_never_admit_more_than_it_holds_nor_charge_a_rejection() {
+    let config =
+        RateLimitConfig::from_files(&[("t.yaml".into(), QUOTA_RACE.into())]).expect("valid config");
+    let clock = ManualClock::new(T0);
+    let store = Arc::new(Store::new(StoreConfig::default(), ReplicaId(0)));
+    let l = Limiter::new(
+        config,
+        store.clone(),
+        Arc::new(clock.clone()),
+        Metrics::new(),
+        RequestBounds::default(),
+        0.8,
+    );
+    let request = |descriptors: Vec<RateLimitDescriptor>| RateLimitRequest {
+        domain: "race".into(),
+        descriptors,
+        hits_addend: 0,
+    };
+    let code = |r: &RateLimitRequest| l.should_rate_limit(r).expect("valid request").overall_code;
+    assert_eq!(code(&request(vec![desc("spent", "s", None, false)])), OK);
+    // From here on "spent" is over: each request passes iff "hot" has its token, and then
+    // charges "plain" and "hot"; a rejected one charges nothing.
+    let req = request(vec![
+        desc("plain", "p", None, false),
+        desc("spent", "s", None, false),
+        desc("hot", "h", None, false),
+    ]);
+    let admitted: u64 = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut admitted = 0u64;
+                    for _ in 0..10_000 {
+                        // 1 µs per request across all threads: a token every 1,000 requests,
+                        // each one contended by every thread.
+                        clock.advance(Duration::from_micros(1));
+                        admitted += u64::from(code(&req) == OK);
+                    }
+                    admitted
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().expect("thread")).sum()
+    });
+    let elapsed_s = (crate::clock::Clock::now(&clock) - T0) as f64 / 1e9;
+    assert!(
+        admitted as f64 <= 1.0 + 1_000.0 * elapsed_s,
+        "admitted {admitted} in {elapsed_s} s"
+    );
+    assert!(admitted > 0);
+    // What each bucket was charged, told apart by its limit.
+    let consumed = |capacity: u32| {
+        let mut total = 0;
+        store.for_each(|_, limit, state| {
+            if limit.capacity() == capacity {
+                total += state.consumed_by(ReplicaId(0));
+            }
+        });
+        total
+    };
+    assert_eq!(
+        consumed(1_000_000_000),
+        admitted,
+        "plain charged by rejections"
+    );
+    assert_eq!(consumed(1), admitted + 1, "hot (and spent's first token)");
+}
+
 #[test]
 fn refunds_give_back_what_is_in_use_and_no_more() {
     let (l, _) = limiter();

@@ -48,7 +48,7 @@ impl Default for HeaderNames {
 /// The Envoy response for a decided request.
 pub fn response(
     req: &RateLimitRequest,
-    decision: &Decision<'_>,
+    decision: &Decision<'_, '_>,
     options: &ResponseOptions,
 ) -> RateLimitResponse {
     let outcomes: SmallVec<[Outcome<'_>; 4]> = decision.outcomes().collect();
@@ -73,7 +73,7 @@ pub fn response(
     }
     if options.retry_after && decision.rejected() {
         if let Some((_, o)) = tripped {
-            let seconds = ceil_seconds(o.retry_after_ns).max(1);
+            let seconds = ceil_seconds(o.retry_after_ns()).max(1);
             resp.response_headers_to_add
                 .push(header("Retry-After", seconds.to_string()));
         }

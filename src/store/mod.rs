@@ -418,6 +418,22 @@ impl Store {
     /// Decide a request: every enforced charge must fit for any to be taken (all or none).
     /// Shadow charges are taken only when they fit and the request is admitted.
     pub fn decide(&self, charges: &[Charge], now: i64) -> SmallVec<[Verdict; 4]> {
+        self.decide_with(charges, now, |fits| {
+            charges.iter().zip(fits).all(|(c, &fit)| fit || !c.enforce)
+        })
+    }
+
+    /// Decide a request whose admission follows a rule of the caller's: `admitted` is told
+    /// which charges fit their bucket (in `charges`' order) and says whether the request is
+    /// admitted; then every charge that fits is taken, or none. It is asked once, while every
+    /// shard involved is locked, so what it decided on is what gets charged: quota mode (the
+    /// request passes while one quota descriptor fits) is as atomic as plain all or nothing.
+    pub fn decide_with(
+        &self,
+        charges: &[Charge],
+        now: i64,
+        admitted: impl FnOnce(&[bool]) -> bool,
+    ) -> SmallVec<[Verdict; 4]> {
         // Lock every shard involved, in ascending order, so concurrent multi-key requests
         // cannot deadlock; the overflow table, when needed, is always locked last.
         let mut order: SmallVec<[usize; 4]> =
@@ -441,7 +457,6 @@ impl Store {
         // has created a key.
         let mut slots: SmallVec<[(Placement, u128, Option<Pos>); 4]> = SmallVec::new();
         let mut budget_slots: SmallVec<[u32; 4]> = SmallVec::new();
-        let mut all_fit = true;
         let mut fits: SmallVec<[bool; 4]> = SmallVec::new();
         for c in charges {
             let g = shard_guard(&mut guards, self.shard_of(c.key));
@@ -497,12 +512,10 @@ impl Store {
             };
             // A fresh bucket holds C tokens: it fits iff hits <= C.
             let fit = fit && hits <= c.limit.capacity() as u64;
-            if c.enforce && !fit {
-                all_fit = false;
-            }
             slots.push((placement, id, pos));
             fits.push(fit);
         }
+        let all_fit = admitted(&fits);
 
         let gen = generation_at(now);
         let mut verdicts = SmallVec::new();
@@ -575,10 +588,14 @@ impl Store {
                     // (and every peer) drops it with what was admitted on it.
                     entry.state.open_at(&c.limit, now);
                 }
-                let before = (
-                    entry.state.consumed_by(self.local),
-                    entry.state.requested_by(self.local),
-                );
+                // The burst guard's record of this node's counts before the change (read only
+                // when the guard is on: two slot scans a charge otherwise spent for nothing).
+                let before = (mode.guard > 0).then(|| {
+                    (
+                        entry.state.consumed_by(self.local),
+                        entry.state.requested_by(self.local),
+                    )
+                });
                 let outcome = if mode.fair > 0 {
                     // Decide on this node's share; record the counts, never B or F.
                     let share = shard
@@ -600,7 +617,7 @@ impl Store {
                         permit,
                     )
                 };
-                if mode.guard > 0 {
+                if let Some(before) = before {
                     if let std::collections::hash_map::Entry::Vacant(v) =
                         shard.acked.entry(Packed::of(id))
                     {

@@ -911,3 +911,197 @@ fn the_burst_guard_never_holds_back_a_query_that_takes_nothing() {
         "a 0-hit query is answered by the bucket"
     );
 }
+
+// ---- the 64-bit fast path against the former all-i128 arithmetic ------------------------------
+
+/// The bucket math as it was before the widening multiplications and the single count of the
+/// tokens in use: every product saturating in i128, TAT recomputed from the counts after every
+/// step. The fast path must give the same state and the same outcome on any input, extremes
+/// included.
+mod saturating_reference {
+    use super::*;
+
+    fn scaled(l: &Limit, now: i64) -> i128 {
+        (now as i128).saturating_mul(l.per_unit() as i128)
+    }
+
+    fn span(l: &Limit, n: u64) -> i128 {
+        (l.unit_ns() as i128).saturating_mul(n as i128)
+    }
+
+    /// (base, forgiven, slots) of a state being charged, and its refund total.
+    pub struct Parts {
+        pub base: i128,
+        pub forgiven: i128,
+        pub slots: Vec<Slot>,
+        refunded: i128,
+    }
+
+    impl Parts {
+        pub fn of(s: &BucketState) -> Parts {
+            Parts {
+                base: s.base(),
+                forgiven: s.forgiven(),
+                slots: s.slots().to_vec(),
+                refunded: s
+                    .refunds()
+                    .fold(0i128, |a, r| a.saturating_add(r.refunded as i128)),
+            }
+        }
+
+        pub fn tat(&self, l: &Limit) -> i128 {
+            let consumed = self
+                .slots
+                .iter()
+                .fold(0i128, |a, s| a.saturating_add(s.consumed as i128));
+            self.base
+                .saturating_add(
+                    (l.unit_ns() as i128).saturating_mul(consumed.saturating_sub(self.refunded)),
+                )
+                .saturating_sub(self.forgiven)
+        }
+    }
+
+    pub fn check(s: &BucketState, l: &Limit, n: u64, now: i64) -> bool {
+        let t = scaled(l, now);
+        Parts::of(s).tat(l).max(t).saturating_add(span(l, n))
+            <= t.saturating_add(span(l, l.capacity() as u64))
+    }
+
+    /// The former `charge`: the new (base, forgiven, slots) and the outcome.
+    #[allow(clippy::too_many_arguments)]
+    pub fn charge(
+        s: &BucketState,
+        l: &Limit,
+        who: ReplicaId,
+        n: u64,
+        now: i64,
+        debt_cap: u64,
+        permit: bool,
+    ) -> (Parts, Outcome) {
+        let mut p = Parts::of(s);
+        let t = scaled(l, now);
+        let tat = p.tat(l);
+        if tat < t {
+            p.base = p.base.saturating_add(t.saturating_sub(tat));
+        }
+        let tat = p.tat(l);
+        let ceiling = t.saturating_add(span(l, (l.capacity() as u64).saturating_add(debt_cap)));
+        if tat > ceiling {
+            p.forgiven = p.forgiven.saturating_add(tat.saturating_sub(ceiling));
+        }
+        let mut tat = p.tat(l);
+        let fits =
+            tat.max(t).saturating_add(span(l, n)) <= t.saturating_add(span(l, l.capacity() as u64));
+        let allowed = permit && fits;
+        if n > 0 {
+            let i = match p.slots.binary_search_by_key(&who, |s| s.replica) {
+                Ok(i) => i,
+                Err(i) => {
+                    p.slots.insert(
+                        i,
+                        Slot {
+                            replica: who,
+                            ..Slot::default()
+                        },
+                    );
+                    i
+                }
+            };
+            p.slots[i].requested = p.slots[i].requested.saturating_add(n);
+            if allowed {
+                p.slots[i].consumed = p.slots[i].consumed.saturating_add(n);
+                tat = p.tat(l);
+            }
+        }
+        (p, outcome(l, tat, t, allowed))
+    }
+
+    /// The former outcome: every quotient in i128.
+    fn outcome(l: &Limit, tat: i128, t: i128, allowed: bool) -> Outcome {
+        let token = l.unit_ns() as i128;
+        let r = l.per_unit() as i128;
+        let ahead = tat.saturating_sub(t).max(0);
+        let used = ahead.saturating_add(token - 1) / token;
+        let capacity = l.capacity() as i128;
+        Outcome {
+            allowed,
+            remaining: (capacity - used).clamp(0, capacity) as u64,
+            reset_ns: (ahead.saturating_add(r - 1) / r).clamp(0, u64::MAX as i128) as u64,
+            full_at_ns: (tat.max(0).saturating_add(r - 1) / r).clamp(0, i64::MAX as i128) as i64,
+        }
+    }
+}
+
+/// States anywhere in the i128 range, with counts up to `u64::MAX`: where saturation happens.
+fn arb_extreme_state() -> impl Strategy<Value = BucketState> {
+    let wide = prop_oneof![
+        2 => any::<i128>(),
+        1 => Just(i128::MAX),
+        1 => Just(i128::MIN),
+        2 => 0i128..1 << 100,
+        2 => Just(0i128),
+    ];
+    let count = prop_oneof![2 => any::<u64>(), 1 => Just(u64::MAX), 2 => 0u64..10_000];
+    let slot = (0u32..3, count.clone(), count.clone()).prop_map(|(r, c, q)| Slot {
+        replica: ReplicaId(r),
+        consumed: c,
+        requested: q,
+    });
+    let refund = (0u32..3, count).prop_map(|(r, n)| Refund {
+        replica: ReplicaId(r),
+        refunded: n,
+    });
+    (
+        wide.clone(),
+        wide,
+        prop::collection::vec(slot, 0..4),
+        prop::collection::vec(refund, 0..3),
+    )
+        .prop_map(|(b, f, slots, refunds)| {
+            BucketState::from_parts(1, b, f, slots).with_refunds(refunds)
+        })
+}
+
+fn arb_any_limit() -> impl Strategy<Value = Limit> {
+    (
+        1u32..=u32::MAX,
+        1u32..=u32::MAX,
+        prop::sample::select(Unit::ALL.to_vec()),
+        prop::sample::select(vec![1u16, 7, 100]),
+    )
+        .prop_map(|(c, r, u, m)| Limit::over(c, r, u, m).expect("valid"))
+}
+
+fn arb_time() -> impl Strategy<Value = i64> {
+    prop_oneof![
+        3 => (T0 - 400 * 86_400 * SEC)..(T0 + 400 * 86_400 * SEC),
+        1 => any::<i64>(),
+        1 => Just(i64::MAX),
+        1 => Just(i64::MIN),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn the_fast_path_charges_exactly_as_the_i128_path(
+        s in prop_oneof![arb_state(), arb_extreme_state()],
+        l in prop_oneof![arb_limit(), arb_any_limit()],
+        who in (0u32..3).prop_map(ReplicaId),
+        n in prop_oneof![0u64..300, any::<u64>()],
+        now in prop_oneof![arb_step().prop_map(|dt| T0 + dt), arb_time()],
+        debt_cap in prop_oneof![0u64..1_000, any::<u64>()],
+        permit in any::<bool>(),
+    ) {
+        prop_assert_eq!(s.tat(&l), saturating_reference::Parts::of(&s).tat(&l));
+        prop_assert_eq!(s.check(&l, n, now), saturating_reference::check(&s, &l, n, now));
+        let (want, want_outcome) =
+            saturating_reference::charge(&s, &l, who, n, now, debt_cap, permit);
+        let mut got = s.clone();
+        let outcome = got.charge(&l, who, n, now, debt_cap, permit);
+        prop_assert_eq!(outcome, want_outcome);
+        prop_assert_eq!(got.base(), want.base);
+        prop_assert_eq!(got.forgiven(), want.forgiven);
+        prop_assert_eq!(got.slots(), &want.slots[..]);
+    }
+}
