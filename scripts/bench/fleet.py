@@ -34,6 +34,8 @@ SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)')
 
 def port_free(port):
     with socket.socket() as s:
+        # As tollgate binds (tokio sets SO_REUSEADDR): a TIME_WAIT left by a run before is free.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
             return True
