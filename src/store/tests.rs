@@ -352,12 +352,45 @@ fn the_burst_guard_holds_a_cold_burst_to_one_share_until_peers_acknowledge() {
     assert_eq!(s.unacked_keys(), 1);
     // The peers acknowledge what was sent: the next share goes through.
     let mut sent = Vec::new();
-    s.drain_dirty_with(|k, own| sent.push((k, own)));
+    s.drain_dirty_with(|d| sent.push((d.key, d.own)));
     assert_eq!(sent, vec![(key("cold"), (100, 101))]);
     s.acknowledge(&sent);
     assert_eq!(s.unacked_keys(), 0);
     // Its own demand is now known and nobody else asked: the whole rest may go.
     assert_eq!(take_all(&s, "cold", l, T0), 200);
+}
+
+#[test]
+fn a_drained_key_says_whether_this_node_changed_it_or_only_a_merge_did() {
+    let s = tracked();
+    let l = per_hour(300);
+    assert!(s.decide(&[charge("mine", l, 1)], T0)[0].charged);
+    let mut theirs = BucketState::new(crate::bucket::generation_at(T0));
+    theirs.record(ReplicaId(1), 5, true);
+    assert!(s.merge(key("theirs"), l, &theirs, T0).changed());
+    assert!(s.merge(key("mine"), l, &theirs, T0).changed());
+    let mut drained = Vec::new();
+    s.drain_dirty_with(|d| drained.push((d.key, d.own_changed)));
+    drained.sort();
+    let mut want = vec![(key("mine"), true), (key("theirs"), false)];
+    want.sort();
+    assert_eq!(drained, want);
+    // Drained: a merge alone afterwards is not this node's change.
+    theirs.record(ReplicaId(1), 1, true);
+    s.merge(key("mine"), l, &theirs, T0);
+    drained.clear();
+    s.drain_dirty_with(|d| drained.push((d.key, d.own_changed)));
+    assert_eq!(drained, vec![(key("mine"), false)]);
+}
+
+#[test]
+fn a_partial_state_of_an_absent_key_is_kept_even_when_it_reads_full() {
+    let s = tracked();
+    let l = per_hour(300);
+    let full = BucketState::new(crate::bucket::generation_at(T0));
+    assert_eq!(s.merge(key("whole"), l, &full, T0), Merged::Dropped);
+    assert!(s.merge_partial(key("part"), l, &full, T0).changed());
+    assert!(s.get(key("part")).is_some());
 }
 
 #[test]
