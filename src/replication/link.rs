@@ -193,19 +193,22 @@ impl Link {
         self.gossip.lock().drain(..).collect()
     }
 
-    /// Connected with nothing unanswered for `timeout` (no frame unacknowledged, no Ping
-    /// without its Pong: an idle link is alive without a word, a peer that stopped answering
-    /// what it was sent is not, even with its connection open), or disconnected for less
-    /// than `timeout` (a link that never connected is alive only for its first `timeout`).
+    /// Connected, unless something sent (a frame to acknowledge, a Ping to answer) has waited
+    /// for `timeout` and nothing at all came back meanwhile: an idle link is alive without a
+    /// word, a busy one (a long snapshot) while acknowledgements keep coming, and a peer that
+    /// stopped answering is not, even with its connection open. Disconnected: alive for
+    /// `timeout` after the disconnection (a link that never connected, for its first
+    /// `timeout`).
     pub fn alive(&self, now: Instant, timeout: Duration) -> bool {
+        let heard = now.saturating_duration_since(*self.last_heard.lock()) < timeout;
         if self.connected_node().is_some() {
             let waiting = [*self.oldest_unacked.lock(), *self.unanswered.lock()]
                 .into_iter()
                 .flatten()
                 .min();
-            return waiting.is_none_or(|t| now.saturating_duration_since(t) < timeout);
+            return heard || waiting.is_none_or(|t| now.saturating_duration_since(t) < timeout);
         }
-        now.saturating_duration_since(*self.last_heard.lock()) < timeout
+        heard
     }
 
     /// A Ping went out: its Pong is awaited from now, unless an earlier one still is.
