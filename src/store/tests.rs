@@ -365,8 +365,9 @@ fn a_drained_key_says_whether_this_node_changed_it_or_only_a_merge_did() {
     let s = tracked();
     let l = per_hour(300);
     assert!(s.decide(&[charge("mine", l, 1)], T0)[0].charged);
+    // A peer's admissions: a state that does not read as a full bucket (that would be dropped).
     let mut theirs = BucketState::new(crate::bucket::generation_at(T0));
-    theirs.record(ReplicaId(1), 5, true);
+    theirs.admit(&l, ReplicaId(1), 5, T0, 300);
     assert!(s.merge(key("theirs"), l, &theirs, T0).changed());
     assert!(s.merge(key("mine"), l, &theirs, T0).changed());
     let mut drained = Vec::new();
@@ -376,8 +377,8 @@ fn a_drained_key_says_whether_this_node_changed_it_or_only_a_merge_did() {
     want.sort();
     assert_eq!(drained, want);
     // Drained: a merge alone afterwards is not this node's change.
-    theirs.record(ReplicaId(1), 1, true);
-    s.merge(key("mine"), l, &theirs, T0);
+    theirs.admit(&l, ReplicaId(1), 1, T0, 300);
+    assert!(s.merge(key("mine"), l, &theirs, T0).changed());
     drained.clear();
     s.drain_dirty_with(|d| drained.push((d.key, d.own_changed)));
     assert_eq!(drained, vec![(key("mine"), false)]);
