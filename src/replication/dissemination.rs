@@ -77,7 +77,7 @@ pub(crate) fn encoding(
     peer: Option<&str>,
     hears: Option<&HashSet<String>>,
 ) -> Option<Encoding> {
-    let relay = senders.is_some_and(|s| !s.is_empty()) && goes_to(false, senders, peer, hears);
+    let relay = senders.is_some_and(|s| !s.is_empty() && lacks_a_sender(s, peer, hears));
     if relay || (own_changed && hears.is_none()) || (!own_changed && senders.is_none()) {
         Some(Encoding::Whole)
     } else if own_changed {
@@ -87,19 +87,11 @@ pub(crate) fn encoding(
     }
 }
 
-/// Whether a change goes to `peer`: always when this node made it, otherwise when `peer`
-/// cannot get it from one of the nodes that sent it (`hears`: the peer's report; `None`: no
-/// report, so it gets everything). A change whose senders are unknown goes everywhere.
-pub(crate) fn goes_to(
-    own_changed: bool,
-    senders: Option<&Senders>,
-    peer: Option<&str>,
-    hears: Option<&HashSet<String>>,
-) -> bool {
-    if own_changed {
-        return true;
-    }
-    let (Some(senders), Some(peer), Some(hears)) = (senders, peer, hears) else {
+/// Whether `peer` cannot get a merged change from one of the nodes that sent it (`hears`: the
+/// peer's report; `None`: no report, or a link that never learned its peer, so it gets
+/// everything).
+fn lacks_a_sender(senders: &Senders, peer: Option<&str>, hears: Option<&HashSet<String>>) -> bool {
+    let (Some(peer), Some(hears)) = (peer, hears) else {
         return true;
     };
     senders
@@ -121,55 +113,40 @@ mod tests {
 
     #[test]
     fn an_own_change_goes_to_every_peer() {
-        assert!(goes_to(true, None, Some("b"), Some(&set(&["a", "c"]))));
+        assert!(encoding(true, None, Some("b"), Some(&set(&["a", "c"]))).is_some());
     }
 
     #[test]
     fn a_merged_change_is_not_relayed_to_a_peer_that_hears_its_sender() {
         let from_a = senders(&["a"]);
-        assert!(!goes_to(
-            false,
-            Some(&from_a),
-            Some("b"),
-            Some(&set(&["a", "c"]))
-        ));
+        assert!(!lacks_a_sender(&from_a, Some("b"), Some(&set(&["a", "c"]))));
     }
 
     #[test]
     fn a_merged_change_is_never_sent_back_to_its_sender() {
         let from_a = senders(&["a"]);
-        assert!(!goes_to(
-            false,
-            Some(&from_a),
-            Some("a"),
-            Some(&set(&["c"]))
-        ));
+        assert!(!lacks_a_sender(&from_a, Some("a"), Some(&set(&["c"]))));
     }
 
     #[test]
     fn a_merged_change_is_relayed_to_a_peer_cut_off_from_its_sender() {
         let from_a = senders(&["a"]);
-        assert!(goes_to(false, Some(&from_a), Some("b"), Some(&set(&["c"]))));
+        assert!(lacks_a_sender(&from_a, Some("b"), Some(&set(&["c"]))));
     }
 
     #[test]
     fn a_key_changed_by_two_senders_is_relayed_if_the_peer_lacks_either() {
         let both = senders(&["a", "d"]);
-        assert!(goes_to(false, Some(&both), Some("b"), Some(&set(&["a"]))));
-        assert!(!goes_to(
-            false,
-            Some(&both),
-            Some("b"),
-            Some(&set(&["a", "d"]))
-        ));
+        assert!(lacks_a_sender(&both, Some("b"), Some(&set(&["a"]))));
+        assert!(!lacks_a_sender(&both, Some("b"), Some(&set(&["a", "d"]))));
     }
 
     #[test]
     fn without_a_report_or_known_senders_everything_is_relayed() {
         let from_a = senders(&["a"]);
-        assert!(goes_to(false, Some(&from_a), Some("b"), None));
-        assert!(goes_to(false, None, Some("b"), Some(&set(&["a"]))));
-        assert!(goes_to(false, Some(&from_a), None, Some(&set(&["a"]))));
+        assert!(lacks_a_sender(&from_a, Some("b"), None));
+        assert!(encoding(false, None, Some("b"), Some(&set(&["a"]))).is_some());
+        assert!(lacks_a_sender(&from_a, None, Some(&set(&["a"]))));
     }
 
     #[test]

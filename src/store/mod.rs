@@ -78,13 +78,8 @@ pub struct Drained {
 /// What a merge did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Merged {
-    /// Joined into the key's state. `sender_is_current`: the result equals what the sender
-    /// sent, so sending it back would tell the sender nothing (no echo).
-    Applied {
-        changed: bool,
-        sender_is_current: bool,
-        version: u32,
-    },
+    /// Joined into the key's state.
+    Applied { changed: bool },
     /// A full bucket for an absent key: nothing to store (GC already deleted it, or never had it).
     Dropped,
     /// The key exists with another limit.
@@ -717,11 +712,7 @@ impl Store {
                 if changed && e.touch_merged(self.cfg.track_dirty) {
                     shard.dirty.push(key.0);
                 }
-                Merged::Applied {
-                    changed,
-                    sender_is_current: e.state == *state,
-                    version: e.version(),
-                }
+                Merged::Applied { changed }
             }
             None => {
                 if !partial && state.is_idle(&limit, now, 0) {
@@ -739,13 +730,8 @@ impl Store {
                 if e.touch_merged(self.cfg.track_dirty) {
                     shard.dirty.push(key.0);
                 }
-                let version = e.version();
                 shard.map.insert(key.0, e);
-                Merged::Applied {
-                    changed: true,
-                    sender_is_current: true,
-                    version,
-                }
+                Merged::Applied { changed: true }
             }
         }
     }
