@@ -6,7 +6,7 @@ use tollgate::clock::ManualClock;
 use tollgate::replication::proto::frame::Kind;
 use tollgate::replication::proto::replication_client::ReplicationClient;
 use tollgate::replication::proto::replication_server::{Replication, ReplicationServer};
-use tollgate::replication::proto::{Delta, Frame, Hello, KeyState, Slot};
+use tollgate::replication::proto::{Delta, Frame, Hello, KeyState, Ping, ReceivingFrom, Slot};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::common::*;
@@ -296,6 +296,60 @@ async fn a_malformed_frame_closes_only_that_stream_and_is_counted() {
         1.0
     );
     // The node and its real peer carry on.
+    c.nodes[1].take("after", 5).await;
+    c.converged().await;
+    assert_eq!(c.nodes[0].remaining("after").await, 95);
+}
+
+/// A peer's report of whom it hears from is bounded by the member bound: a longer list closes
+/// that stream with a status that says so, and the node serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_naming_more_nodes_than_the_member_bound_closes_only_that_stream() {
+    let mut c = Cluster::start(2).await;
+    let mut client = ReplicationClient::connect(format!("http://127.0.0.1:{}", c.ports[0]))
+        .await
+        .expect("connects");
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(hello("boastful", CONFIG)).await.expect("send");
+    let nodes = (0..300).map(|i| format!("made-up-{i}")).collect();
+    tx.send(Frame {
+        kind: Some(Kind::Ping(Ping {
+            wall_ns: T0,
+            receiving_from: Some(ReceivingFrom { nodes }),
+        })),
+    })
+    .await
+    .expect("send");
+    let mut inbound = client
+        .sync(ReceiverStream::new(rx))
+        .await
+        .expect("accepted")
+        .into_inner();
+    let first = inbound.message().await.expect("hello back");
+    assert!(matches!(
+        first,
+        Some(Frame {
+            kind: Some(Kind::Hello(_))
+        })
+    ));
+    let err = inbound
+        .message()
+        .await
+        .expect_err("stream closed with an error");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message()
+            .contains("Ping reports 300 nodes, more than the member bound (256"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(
+        series(
+            &c.nodes[0].metrics().await,
+            "tollgate_replication_frames_refused_total{reason=\"malformed\"}"
+        ),
+        1.0
+    );
     c.nodes[1].take("after", 5).await;
     c.converged().await;
     assert_eq!(c.nodes[0].remaining("after").await, 95);
