@@ -18,6 +18,22 @@ pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> Nanos;
 }
 
+/// A clock to hand around in settings (which are `Debug` and `Clone`).
+#[derive(Clone)]
+pub struct SharedClock(pub Arc<dyn Clock>);
+
+impl SharedClock {
+    pub fn new(c: impl Clock) -> Self {
+        SharedClock(Arc::new(c))
+    }
+}
+
+impl std::fmt::Debug for SharedClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SharedClock(now: {})", self.0.now())
+    }
+}
+
 /// Wall time anchored once, then advanced monotonically: never goes backwards.
 #[derive(Debug, Clone)]
 pub struct SystemClock {

@@ -423,6 +423,7 @@ fn replication_settings(s: &Settings) -> anyhow::Result<ReplicationSettings> {
         max_members: s.max_members,
         burst_guard: s.burst_guard,
         faults: s.faults.clone(),
+        clock: s.liveness_clock.clone(),
         advertise_addr: match s.peer_advertise_addr.as_deref() {
             Some("none") => String::new(),
             Some(a) => a.to_string(),

@@ -226,6 +226,9 @@ pub struct Settings {
     /// Injected network faults for in-process cluster tests; never set from flags or files.
     #[serde(skip)]
     pub faults: Option<std::sync::Arc<crate::replication::faults::Faults>>,
+    /// Replication's liveness time, for in-process cluster tests; never set from flags or files.
+    #[serde(skip)]
+    pub liveness_clock: Option<crate::clock::SharedClock>,
     pub peer_tls_cert: Option<PathBuf>,
     pub peer_tls_key: Option<PathBuf>,
     pub peer_tls_ca: Option<PathBuf>,
@@ -292,6 +295,7 @@ impl Default for Settings {
             max_members: 256,
             burst_guard: true,
             faults: None,
+            liveness_clock: None,
             peer_tls_cert: None,
             peer_tls_key: None,
             peer_tls_ca: None,

@@ -16,10 +16,44 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use parking_lot::Mutex;
 use smallvec::SmallVec;
 
 use super::link::Encoding;
 use crate::store::KeyId;
+
+/// What relaying needs, owned in one place: the senders of the keys merged since the last
+/// fan-out round, and each peer's report of whom it hears from.
+#[derive(Default)]
+pub(crate) struct Relay {
+    origins: Mutex<Origins>,
+    reports: Mutex<Reports>,
+}
+
+impl Relay {
+    /// Run `f` holding the senders: a frame being merged holds them for the whole frame, and
+    /// a fan-out round for its whole drain, so the drain sees either none or all of a frame's
+    /// keys together with their senders (a key drained without its sender would go to every
+    /// peer, that sender included).
+    pub fn with_origins<R>(&self, f: impl FnOnce(&mut Origins) -> R) -> R {
+        f(&mut self.origins.lock())
+    }
+
+    /// `peer` reported the nodes whose streams to it are caught up.
+    pub fn set_report(&self, peer: &str, hears: HashSet<String>) {
+        self.reports.lock().set(peer, hears);
+    }
+
+    /// `peer`'s stream to us, which carried its report, ended: until a new one it gets every
+    /// merged change.
+    pub fn forget_report(&self, peer: &str) {
+        self.reports.lock().forget(peer);
+    }
+
+    pub fn with_reports<R>(&self, f: impl FnOnce(&Reports) -> R) -> R {
+        f(&self.reports.lock())
+    }
+}
 
 /// The nodes whose frames changed a key since the last fan-out round.
 pub(crate) type Senders = SmallVec<[Arc<str>; 2]>;

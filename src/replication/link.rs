@@ -15,7 +15,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use metrics::{Counter, Gauge};
 use parking_lot::Mutex;
@@ -32,6 +32,7 @@ use super::proto::replication_client::ReplicationClient;
 use super::proto::{Frame, Gossip, Hello, Leave, Ping, Pong, ReceivingFrom};
 use super::Shared;
 use crate::bucket::{BucketState, Limit};
+use crate::clock::{Clock, Nanos};
 use crate::store::KeyId;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -76,10 +77,12 @@ pub(crate) struct Link {
     known_incarnation: Mutex<Option<u64>>,
     /// The peer's node name when last connected (kept while it is away).
     last_node: Mutex<Option<String>>,
+    /// Liveness time (the replicator's, injectable): every instant below is on it.
+    clock: Arc<dyn Clock>,
     /// Last frame from the peer, or the moment the link disconnected.
-    last_heard: Mutex<Instant>,
+    last_heard: Mutex<Nanos>,
     /// Since when a Ping has gone without its Pong (`None`: none outstanding).
-    unanswered: Mutex<Option<Instant>>,
+    unanswered: Mutex<Option<Nanos>>,
     /// Every fan-out round up to this one is acknowledged by the peer.
     pub(super) acked_round: AtomicU64,
     /// The latest fan-out round that gave this link keys: rounds after it gave it nothing,
@@ -99,7 +102,7 @@ pub(crate) struct Link {
     /// Membership messages waiting for the stream.
     gossip: Mutex<VecDeque<bytes::Bytes>>,
     pub(super) unacked: AtomicUsize,
-    pub(super) oldest_unacked: Mutex<Option<Instant>>,
+    pub(super) oldest_unacked: Mutex<Option<Nanos>>,
     pub stop: CancellationToken,
     pub(super) frames_sent: Counter,
     pub(super) bytes_sent: Counter,
@@ -126,7 +129,8 @@ impl Link {
             last_node: Mutex::new(None),
             // A new link gets one peer timeout to answer before its peer counts as gone: adding
             // a member (learned from a Hello, or from DNS) must not flap fair-share mode.
-            last_heard: Mutex::new(Instant::now()),
+            last_heard: Mutex::new(shared.monotonic()),
+            clock: shared.clock.clone(),
             unanswered: Mutex::new(None),
             acked_round: AtomicU64::new(0),
             given_round: AtomicU64::new(0),
@@ -199,30 +203,38 @@ impl Link {
     /// stopped answering is not, even with its connection open. Disconnected: alive for
     /// `timeout` after the disconnection (a link that never connected, for its first
     /// `timeout`).
-    pub fn alive(&self, now: Instant, timeout: Duration) -> bool {
-        let heard = now.saturating_duration_since(*self.last_heard.lock()) < timeout;
-        if self.connected_node().is_some() {
-            let waiting = [*self.oldest_unacked.lock(), *self.unanswered.lock()]
-                .into_iter()
-                .flatten()
-                .min();
-            return heard || waiting.is_none_or(|t| now.saturating_duration_since(t) < timeout);
+    pub fn alive(&self, now: Nanos, timeout: Duration) -> bool {
+        let waiting = [*self.oldest_unacked.lock(), *self.unanswered.lock()]
+            .into_iter()
+            .flatten()
+            .min();
+        Liveness {
+            connected: self.connected_node().is_some(),
+            last_heard: *self.last_heard.lock(),
+            waiting_since: waiting,
         }
-        heard
+        .alive(now, timeout)
+    }
+
+    /// Liveness time, as the link measures it.
+    pub fn now(&self) -> Nanos {
+        self.clock.now()
     }
 
     /// A Ping went out: its Pong is awaited from now, unless an earlier one still is.
     fn pinged(&self) {
-        self.unanswered.lock().get_or_insert_with(Instant::now);
+        let now = self.now();
+        self.unanswered.lock().get_or_insert(now);
     }
 
     /// A Pong came back; `all`: every Ping sent is answered.
     fn ponged(&self, all: bool) {
-        *self.unanswered.lock() = if all { None } else { Some(Instant::now()) };
+        let now = self.now();
+        *self.unanswered.lock() = if all { None } else { Some(now) };
     }
 
     fn heard(&self) {
-        *self.last_heard.lock() = Instant::now();
+        *self.last_heard.lock() = self.now();
     }
 
     pub fn acked_round(&self) -> u64 {
@@ -268,11 +280,34 @@ impl Link {
     }
 
     pub(super) fn update_lag(&self) {
+        let now = self.now();
         let lag = self
             .oldest_unacked
             .lock()
-            .map_or(0.0, |t| t.elapsed().as_secs_f64());
+            .map_or(0.0, |t| now.saturating_sub(t).max(0) as f64 / 1e9);
         self.lag.set(lag);
+    }
+}
+
+/// What a link's liveness is judged on, read once.
+#[derive(Debug, Clone, Copy)]
+struct Liveness {
+    connected: bool,
+    /// The last frame from the peer, or the disconnection.
+    last_heard: Nanos,
+    /// Since when the oldest thing sent (a frame to acknowledge, a Ping) awaits its answer.
+    waiting_since: Option<Nanos>,
+}
+
+impl Liveness {
+    fn alive(self, now: Nanos, timeout: Duration) -> bool {
+        let timeout = timeout.as_nanos().min(i64::MAX as u128) as Nanos;
+        let within = |t: Nanos| now.saturating_sub(t) < timeout;
+        let heard = within(self.last_heard);
+        if self.connected {
+            return heard || self.waiting_since.is_none_or(within);
+        }
+        heard
     }
 }
 
@@ -456,15 +491,16 @@ fn is_cut(shared: &Shared, peer: &str) -> bool {
 /// reaches that member (then this one stands by as an alias).
 fn admit(shared: &Shared, link: &Link, hello: &Hello) -> Result<(), End> {
     *link.last_node.lock() = Some(hello.node.clone());
-    if shared.links.lock().values().any(|l| {
-        !std::ptr::eq(Arc::as_ptr(l), link) && l.connected_node().as_deref() == Some(&hello.node)
-    }) {
+    let other = shared
+        .links
+        .find(|l| !std::ptr::eq(l, link) && l.connected_node().as_deref() == Some(&hello.node));
+    if other.is_some() {
         // It answered: from now on this address is known to reach that node, so it never
         // counts as a seed that never answered (an extra, unreachable member once the node
         // is gone).
         return Err(End::Alias(hello.node.clone()));
     }
-    shared.left.lock().remove(&hello.node);
+    shared.departed.returned(&hello.node);
     link.heard();
     link.ponged(true);
     link.set_status(Status::Connected {
@@ -557,11 +593,11 @@ impl<'a> Steady<'a> {
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut faults = shared.settings.faults.as_ref().map(|f| f.subscribe());
         loop {
-            let resend = out.next_resend();
+            let resend = out.next_resend().map(|at| at.saturating_sub(link.now()));
             let step = tokio::select! {
                 _ = link.stop.cancelled() => return End::Stopped,
                 _ = link.pushed.notified() => self.push(out, tx).await,
-                _ = sleep_until(resend) => self.push(out, tx).await,
+                _ = sleep_for(resend) => self.push(out, tx).await,
                 _ = keepalive.tick() => self.ping(out, tx, None).await,
                 _ = fault_change(&mut faults) => Ok(()),
                 msg = inbound.message() => self.receive(out, msg),
@@ -583,8 +619,8 @@ impl<'a> Steady<'a> {
             out.send(tx, frame(Kind::Gossip(Gossip { data: g.to_vec() })))
                 .await?;
         }
-        if self.reported != Some(shared.caught_up_version()) {
-            let (version, nodes) = shared.receiving_from();
+        if self.reported != Some(shared.catch_up.version()) {
+            let (version, nodes) = shared.catch_up.report();
             self.ping(out, tx, Some(ReceivingFrom { nodes })).await?;
             self.reported = Some(version);
         }
@@ -674,24 +710,7 @@ impl<'a> Steady<'a> {
             .saturating_sub(p.echo_wall_ns.saturating_add(rtt / 2));
         self.link.offset.set(offset as f64 / 1e9);
         let limit = shared.settings.max_clock_offset.as_nanos() as i64;
-        let peer = self.peer;
-        let mut q = shared.quarantined.lock();
-        if offset.abs() > limit {
-            if q.insert(peer.to_string()) {
-                warn!(
-                    peer,
-                    offset_ms = offset / 1_000_000,
-                    "peer clock too far off: quarantined (its states are not merged)"
-                );
-            }
-        } else if q.remove(peer) {
-            info!(
-                peer,
-                offset_ms = offset / 1_000_000,
-                "peer clock back within bounds: quarantine lifted"
-            );
-        }
-        drop(q);
+        shared.clock_health.observe(self.peer, offset, limit);
         shared.update_outlier();
     }
 }
@@ -702,9 +721,10 @@ fn keepalive(members: usize) -> Duration {
     (KEEPALIVE_PER_TEN_MEMBERS * tens).min(MAX_KEEPALIVE)
 }
 
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
+/// Sleep `nanos` (none when due already; forever when `None`).
+async fn sleep_for(nanos: Option<Nanos>) {
+    match nanos {
+        Some(n) => tokio::time::sleep(Duration::from_nanos(n.max(0) as u64)).await,
         None => std::future::pending().await,
     }
 }
@@ -756,4 +776,55 @@ pub(crate) fn encode(
         out.push((b.delta, keys));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Nanos = 1_000_000_000;
+    const TIMEOUT: Duration = Duration::from_secs(2);
+
+    fn connected(last_heard: Nanos, waiting_since: Option<Nanos>) -> Liveness {
+        Liveness {
+            connected: true,
+            last_heard,
+            waiting_since,
+        }
+    }
+
+    #[test]
+    fn an_idle_connected_link_is_alive_without_a_word() {
+        assert!(connected(0, None).alive(3600 * S, TIMEOUT));
+    }
+
+    #[test]
+    fn a_connected_peer_that_leaves_a_frame_unanswered_past_the_timeout_is_not_alive() {
+        let l = connected(0, Some(10 * S));
+        assert!(
+            l.alive(11 * S, TIMEOUT),
+            "waiting for less than the timeout"
+        );
+        assert!(
+            !l.alive(12 * S, TIMEOUT),
+            "waited the whole timeout, heard nothing"
+        );
+    }
+
+    #[test]
+    fn a_busy_link_stays_alive_while_answers_keep_coming() {
+        // Frames wait on it for minutes (a long snapshot), but acks arrive every second.
+        assert!(connected(59 * S, Some(0)).alive(60 * S, TIMEOUT));
+    }
+
+    #[test]
+    fn a_disconnected_link_is_alive_for_the_timeout_after_the_disconnection() {
+        let l = Liveness {
+            connected: false,
+            last_heard: 5 * S,
+            waiting_since: None,
+        };
+        assert!(l.alive(6 * S, TIMEOUT));
+        assert!(!l.alive(7 * S, TIMEOUT));
+    }
 }

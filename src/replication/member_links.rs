@@ -6,15 +6,17 @@
 //! a member reachable at several addresses has one live link, the others stand by as aliases.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use tracing::info;
 
 use super::link::Link;
 use super::proto::frame::Kind;
 use super::proto::{Frame, Gossip};
-use super::Shared;
+use super::{InboundTx, Shared};
 
 /// A link's status, read once.
 struct LinkView {
@@ -34,6 +36,61 @@ pub(crate) struct Reach {
     pub link: Option<Arc<Link>>,
 }
 
+/// Nodes that said Leave: not members until they say Hello again.
+#[derive(Default)]
+pub(crate) struct Departed {
+    nodes: Mutex<HashSet<String>>,
+}
+
+impl Departed {
+    pub fn left(&self, node: &str) {
+        self.nodes.lock().insert(node.to_string());
+    }
+
+    /// `node` said Hello: a member again.
+    pub fn returned(&self, node: &str) {
+        self.nodes.lock().remove(node);
+    }
+
+    fn snapshot(&self) -> HashSet<String> {
+        self.nodes.lock().clone()
+    }
+}
+
+/// The answer side of each peer's current stream to us, by node: membership messages to a
+/// node this one has no link to yet (a joiner) go back this way.
+#[derive(Default)]
+pub(crate) struct Answers {
+    by_node: Mutex<HashMap<String, (u64, InboundTx)>>,
+    stream_ids: AtomicU64,
+}
+
+impl Answers {
+    /// `node`'s new stream to us answers through `tx`; returns the stream's id.
+    pub fn open(&self, node: &str, tx: InboundTx) -> u64 {
+        let stream = self.stream_ids.fetch_add(1, Ordering::Relaxed);
+        self.by_node.lock().insert(node.to_string(), (stream, tx));
+        stream
+    }
+
+    /// `node`'s stream `stream` ended; returns whether it was that node's current one.
+    pub fn close(&self, node: &str, stream: u64) -> bool {
+        let mut by_node = self.by_node.lock();
+        if by_node.get(node).is_some_and(|(s, _)| *s == stream) {
+            by_node.remove(node);
+            return true;
+        }
+        false
+    }
+
+    /// Send a frame back on `node`'s stream, if it has one with room.
+    fn try_send(&self, node: &str, f: Frame) {
+        if let Some((_, tx)) = self.by_node.lock().get(node) {
+            let _ = tx.try_send(Ok(f));
+        }
+    }
+}
+
 impl Shared {
     /// Everyone this node must count as a member, this node aside: the members the membership
     /// protocol knows (alive or suspected), a peer connected to us that it has not admitted
@@ -45,14 +102,14 @@ impl Shared {
         // the links, not links times members.
         let links: Vec<LinkView> = self
             .links
-            .lock()
-            .values()
+            .all()
+            .into_iter()
             .map(|l| LinkView {
                 connected: l.connected_node(),
                 last: l.last_node(),
                 alias: l.is_alias(),
                 skip: l.is_myself() || l.is_refused() || l.is_alias(),
-                link: l.clone(),
+                link: l,
             })
             .collect();
         let mut by_connected = HashMap::new();
@@ -67,7 +124,7 @@ impl Shared {
             }
             by_addr.entry(v.link.addr.as_str()).or_insert(&v.link);
         }
-        let left = self.left.lock().clone();
+        let left = self.departed.snapshot();
         let mut out: Vec<Reach> = self
             .membership
             .members()
@@ -118,28 +175,30 @@ impl Shared {
             return;
         };
         let members = self.membership.members();
-        let mut links = self.links.lock();
-        for m in &members {
-            let node = Some(m.id.node.as_str());
-            let reached = links
-                .values()
-                .any(|l| l.addr == m.id.addr || l.last_node().as_deref() == node);
-            if !reached && !m.id.addr.is_empty() && links.len() < self.membership_link_bound() {
-                info!(node = %m.id.node, addr = %m.id.addr, "dialing a member learned from gossip");
-                self.add_link(&mut links, &m.id.addr, true, stop);
+        let bound = self.membership_link_bound();
+        self.links.edit(|links| {
+            for m in &members {
+                let node = Some(m.id.node.as_str());
+                let reached = links
+                    .values()
+                    .any(|l| l.addr == m.id.addr || l.last_node().as_deref() == node);
+                if !reached && !m.id.addr.is_empty() && links.len() < bound {
+                    info!(node = %m.id.node, addr = %m.id.addr, "dialing a member learned from gossip");
+                    self.add_link(links, &m.id.addr, true, stop);
+                }
             }
-        }
-        links.retain(|addr, l| {
-            let gone = l.learned
-                && l.last_node()
-                    .is_some_and(|n| !members.iter().any(|m| m.id.node == n));
-            let orphan =
-                l.learned && l.last_node().is_none() && !members.iter().any(|m| &m.id.addr == addr);
-            if gone || orphan {
-                info!(%addr, "member gone: its link is closed");
-                l.stop.cancel();
-            }
-            !(gone || orphan)
+            links.retain(|addr, l| {
+                let gone = l.learned
+                    && l.last_node()
+                        .is_some_and(|n| !members.iter().any(|m| m.id.node == n));
+                let orphan =
+                    l.learned && l.last_node().is_none() && !members.iter().any(|m| &m.id.addr == addr);
+                if gone || orphan {
+                    info!(%addr, "member gone: its link is closed");
+                    l.stop.cancel();
+                }
+                !(gone || orphan)
+            });
         });
     }
 
@@ -153,20 +212,18 @@ impl Shared {
     pub(crate) fn send_gossip(&self, node: &str, data: Bytes) {
         let link = self
             .links
-            .lock()
-            .values()
-            .find(|l| l.connected_node().as_deref() == Some(node))
-            .cloned();
+            .find(|l| l.connected_node().as_deref() == Some(node));
         if let Some(l) = link {
             l.queue_gossip(data);
             return;
         }
-        if let Some((_, tx)) = self.inbound.lock().get(node) {
-            let _ = tx.try_send(Ok(Frame {
+        self.answers.try_send(
+            node,
+            Frame {
                 kind: Some(Kind::Gossip(Gossip {
                     data: data.to_vec(),
                 })),
-            }));
-        }
+            },
+        );
     }
 }

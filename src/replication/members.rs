@@ -37,20 +37,20 @@ pub(crate) async fn update(shared: &Arc<Shared>, stop: &CancellationToken) {
         // A failed or empty lookup must not tear down every link.
         return;
     }
-    let mut links = shared.links.lock();
-    links.retain(|addr, l| {
-        // A link to a member learned from gossip is the membership's to close.
-        let keep = want.contains(addr) || l.learned;
-        if !keep {
-            info!(%addr, "peer left");
-            l.stop.cancel();
+    shared.links.edit(|links| {
+        links.retain(|addr, l| {
+            // A link to a member learned from gossip is the membership's to close.
+            let keep = want.contains(addr) || l.learned;
+            if !keep {
+                info!(%addr, "peer left");
+                l.stop.cancel();
+            }
+            keep
+        });
+        for addr in want {
+            shared.add_link(links, &addr, false, stop);
         }
-        keep
     });
-    for addr in want {
-        shared.add_link(&mut links, &addr, false, stop);
-    }
-    drop(links);
     // A seed that went away may have been how a member was reached: dial it at its own address.
     shared.reconcile_links();
 }

@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
@@ -14,6 +14,7 @@ use super::link::{frame, Encoding, End, Link};
 use super::proto::frame::Kind;
 use super::proto::{Frame, SnapshotEnd};
 use super::Shared;
+use crate::clock::Nanos;
 use crate::store::KeyId;
 
 /// Until the first acknowledgement measures the round trip, a frame is resent after this.
@@ -29,7 +30,8 @@ pub(crate) struct InFlight {
     keys: Vec<(KeyId, Encoding)>,
     /// The fan-out round its keys were taken in.
     round: u64,
-    sent: Instant,
+    /// On the link's liveness clock.
+    sent: Nanos,
 }
 
 /// Smoothed round trip of acknowledgements (RFC 6298's estimator, without its backoff: a
@@ -64,6 +66,10 @@ impl Rtt {
             Some(s) => (s + self.rttvar * 4 + slack).clamp(MIN_RESEND_AFTER, MAX_RESEND_AFTER),
         }
     }
+}
+
+fn nanos(d: Duration) -> Nanos {
+    d.as_nanos().min(Nanos::MAX as u128) as Nanos
 }
 
 /// The sending side of one session: numbers frames, remembers them until acknowledged, and
@@ -120,7 +126,8 @@ impl<'a> Outbox<'a> {
             if let Some(f) = self.in_flight.remove(i) {
                 // Deltas only: a SnapshotEnd carries no keys and is answered at once.
                 if !f.keys.is_empty() {
-                    self.rtt.sample(f.sent.elapsed());
+                    let took = self.link.now().saturating_sub(f.sent).max(0);
+                    self.rtt.sample(Duration::from_nanos(took as u64));
                 }
             }
         }
@@ -138,18 +145,21 @@ impl<'a> Outbox<'a> {
     }
 
     /// When the oldest unacknowledged frame is due to be resent (`None`: nothing in flight).
-    pub fn next_resend(&self) -> Option<Instant> {
-        let after = self.resend_after();
-        self.in_flight.iter().map(|f| f.sent + after).min()
+    pub fn next_resend(&self) -> Option<Nanos> {
+        let after = nanos(self.resend_after());
+        self.in_flight
+            .iter()
+            .map(|f| f.sent.saturating_add(after))
+            .min()
     }
 
     /// Put frames back into the dirty set: all of them, or those unacknowledged for too long.
     pub fn requeue(&mut self, older_than: Option<Duration>) {
-        let now = Instant::now();
+        let now = self.link.now();
         let mut dirty = self.link.dirty.lock();
         let mut kept = VecDeque::new();
         for f in self.in_flight.drain(..) {
-            if older_than.is_some_and(|d| now.duration_since(f.sent) < d) {
+            if older_than.is_some_and(|d| now.saturating_sub(f.sent) < nanos(d)) {
                 kept.push_back(f);
                 continue;
             }
@@ -205,7 +215,7 @@ impl<'a> Outbox<'a> {
             seq: self.seq,
             keys,
             round,
-            sent: Instant::now(),
+            sent: self.link.now(),
         });
         self.publish();
         // Counted as sent whatever the test network does with it: the link sent it.
@@ -247,7 +257,7 @@ impl<'a> Outbox<'a> {
             seq,
             keys: Vec::new(),
             round,
-            sent: Instant::now(),
+            sent: self.link.now(),
         });
         self.publish();
         self.send(tx, frame(Kind::SnapshotEnd(SnapshotEnd { seq })))

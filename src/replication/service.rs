@@ -2,7 +2,6 @@
 //! A malformed or unexpected frame closes that one stream with a status that says what was
 //! wrong; the node and its other streams carry on.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -123,7 +122,7 @@ impl Replication for PeerService {
                 _ => Status::failed_precondition(msg),
             });
         }
-        shared.left.lock().remove(&hello.node);
+        shared.departed.returned(&hello.node);
         shared.wake(&hello.node, &hello.advertise_addr);
         let (tx, rx) = mpsc::channel(64);
         tx.send(Ok(frame(Kind::Hello(shared.hello()))))
@@ -157,12 +156,8 @@ async fn receive(
     let keys_in = shared
         .metrics
         .node_counter("tollgate_replication_keys_received_total", &node);
-    let stream = shared.stream_ids.fetch_add(1, Ordering::Relaxed);
+    let stream = shared.answers.open(&node, tx.clone());
     let sender: Arc<str> = Arc::from(node.as_str());
-    shared
-        .inbound
-        .lock()
-        .insert(node.clone(), (stream, tx.clone()));
     let _caught_up = CaughtUp {
         shared: &shared,
         node: &node,
@@ -187,7 +182,7 @@ async fn receive(
         bytes.increment(prost::Message::encoded_len(&f) as u64);
         let reply = match f.kind {
             Some(Kind::Delta(d)) => {
-                if shared.quarantined.lock().contains(&node) {
+                if shared.clock_health.is_quarantined(&node) {
                     shared.metrics.refused("quarantined");
                     let _ = tx
                         .send(Err(Status::failed_precondition(format!(
@@ -204,23 +199,7 @@ async fn receive(
                     }
                 };
                 keys_in.increment(decoded.len() as u64);
-                let now = shared.now();
-                // Held across the whole frame: a fan-out that drains these keys mid-frame then
-                // waits here and finds every one's sender (a key drained without it would go
-                // to every peer, this frame's sender included).
-                let mut origins = shared.origins.lock();
-                for k in &decoded {
-                    let merged = if k.partial {
-                        shared.store.merge_partial(k.key, k.limit, &k.state, now)
-                    } else {
-                        shared.store.merge(k.key, k.limit, &k.state, now)
-                    };
-                    if merged.changed() {
-                        shared.metrics.merges.increment(1);
-                        origins.record(k.key, &sender);
-                    }
-                }
-                drop(origins);
+                merge(&shared, &decoded, &sender);
                 Kind::Ack(Ack { seq: d.seq })
             }
             Some(Kind::SnapshotEnd(e)) => {
@@ -229,7 +208,7 @@ async fn receive(
             }
             Some(Kind::Leave(_)) => {
                 info!(peer = %node, "peer left the cluster (scaled down): no longer a member");
-                shared.left.lock().insert(node.clone());
+                shared.departed.left(&node);
                 shared.membership.forget(&node);
                 continue;
             }
@@ -270,6 +249,26 @@ async fn receive(
     }
 }
 
+/// Merge one Delta's keys. The senders are held across the whole frame: a fan-out that drains
+/// these keys mid-frame then waits here and finds every one's sender (a key drained without it
+/// would go to every peer, this frame's sender included).
+fn merge(shared: &Shared, decoded: &[super::Decoded], sender: &Arc<str>) {
+    let now = shared.now();
+    shared.relay.with_origins(|origins| {
+        for k in decoded {
+            let merged = if k.partial {
+                shared.store.merge_partial(k.key, k.limit, &k.state, now)
+            } else {
+                shared.store.merge(k.key, k.limit, &k.state, now)
+            };
+            if merged.changed() {
+                shared.metrics.merges.increment(1);
+                origins.record(k.key, sender);
+            }
+        }
+    });
+}
+
 /// While a peer's stream is open after its SnapshotEnd, that peer is caught up with us; when
 /// the stream ends it no longer is (a newer stream of the same peer keeps its own mark).
 struct CaughtUp<'a> {
@@ -281,15 +280,9 @@ struct CaughtUp<'a> {
 impl Drop for CaughtUp<'_> {
     fn drop(&mut self) {
         self.shared.clear_caught_up(self.node, self.stream);
-        let mut inbound = self.shared.inbound.lock();
-        if inbound
-            .get(self.node)
-            .is_some_and(|(s, _)| *s == self.stream)
-        {
-            inbound.remove(self.node);
-            drop(inbound);
+        if self.shared.answers.close(self.node, self.stream) {
             // Its report came on this stream: until a new one, it gets every merged change.
-            self.shared.reports.lock().forget(self.node);
+            self.shared.relay.forget_report(self.node);
         }
     }
 }
@@ -308,7 +301,7 @@ fn take_report(
         });
     }
     let hears = r.nodes.into_iter().collect();
-    shared.reports.lock().set(node, hears);
+    shared.relay.set_report(node, hears);
     Ok(())
 }
 
