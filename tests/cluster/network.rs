@@ -195,3 +195,62 @@ async fn a_member_whose_connections_are_cut_mid_handshake_counts_as_partitioned_
     assert_eq!(series(&n.metrics().await, "tollgate_cluster_members"), 2.0);
     assert_eq!(take_until_refused(&mut n, "k").await, 50);
 }
+
+/// A seed that accepts connections and closes them before any Hello: never answers.
+async fn silent_seed() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            drop(conn);
+        }
+    });
+    port
+}
+
+/// A node whose liveness time is `liveness` (frozen until the test moves it), its seed silent.
+async fn node_on_liveness_clock(
+    dir: &std::path::Path,
+    liveness: &tollgate::clock::ManualClock,
+    tweak: impl FnOnce(&mut tollgate::settings::Settings),
+) -> Node {
+    std::fs::write(dir.join("c.yaml"), CONFIG).expect("config");
+    let seed = silent_seed().await;
+    let clock = tollgate::clock::SharedClock::new(liveness.clone());
+    Node::start(
+        "a",
+        dir,
+        free_port(),
+        &[seed],
+        tollgate::clock::ManualClock::new(T0),
+        move |s| {
+            s.liveness_clock = Some(clock);
+            tweak(s);
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_seed_counts_as_unreachable_once_the_liveness_clock_passes_the_peer_timeout() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let liveness = tollgate::clock::ManualClock::new(0);
+    let n = node_on_liveness_clock(dir.path(), &liveness, |s| {
+        s.sync_timeout = Duration::ZERO;
+        s.peer_timeout = Duration::from_millis(200);
+        s.peer_dead_after = Duration::from_secs(60);
+    })
+    .await;
+    // Five peer timeouts of real time: with liveness on the system clock it would be in
+    // fair-share mode by now.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!n.fair_share(), "no peer timeout has passed on its clock");
+    liveness.advance(Duration::from_millis(200));
+    eventually(
+        "fair-share mode once its clock passed the peer timeout",
+        async || n.fair_share(),
+    )
+    .await;
+}
