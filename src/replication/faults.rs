@@ -2,15 +2,21 @@
 //! dropped, duplicated, held back (reordered) or delayed, and pairs of nodes can be cut apart
 //! and healed, all while the nodes run their real code over loopback gRPC.
 //!
-//! Why in the product and not only in tests: the faults must act on whole frames, after the
-//! link has numbered them and before they reach the stream, which only the link can do. With
-//! no `Faults` configured (every real deployment) the link pays one `Option` check per frame.
+//! It is a sink the link's frames go through, installed once per session when a test
+//! configured one ([`Faults::wrap`]): the production send path has no fault branches. A cut
+//! refuses the session after the Hellos and closes a session in progress; the faults act on
+//! whole Deltas, after the link numbered them, which is what a lossy network does to frames.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use rand::Rng;
+use tokio::sync::mpsc;
+
+use super::proto::frame::Kind;
+use super::proto::Frame;
 
 #[derive(Debug)]
 pub struct Faults {
@@ -87,11 +93,6 @@ impl Faults {
         self.changes.send_modify(|v| *v += 1);
     }
 
-    /// Notified of every cut and heal.
-    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.changes.subscribe()
-    }
-
     pub fn is_cut(&self, a: &str, b: &str) -> bool {
         self.state.lock().cut.contains(&pair(a, b))
     }
@@ -123,6 +124,103 @@ impl Faults {
     }
 }
 
+impl Faults {
+    /// Put the test network between the link of node `from` to `to` and its stream `out`:
+    /// the link sends on the returned sender. `None`: the two are cut apart. The stream
+    /// closes when they are cut later, as a connection through a broken network would.
+    pub(crate) fn wrap(
+        self: &Arc<Self>,
+        from: &str,
+        to: &str,
+        out: mpsc::Sender<Frame>,
+    ) -> Option<mpsc::Sender<Frame>> {
+        if self.is_cut(from, to) {
+            return None;
+        }
+        let (tx, rx) = mpsc::channel(16);
+        let wire = Wire {
+            net: self.clone(),
+            from: from.to_string(),
+            to: to.to_string(),
+            out,
+            held: None,
+        };
+        tokio::spawn(wire.run(rx));
+        Some(tx)
+    }
+}
+
+/// One link's frames on their way through the test network.
+struct Wire {
+    net: Arc<Faults>,
+    from: String,
+    to: String,
+    out: mpsc::Sender<Frame>,
+    /// A Delta held back to go after the next one (reorder).
+    held: Option<Frame>,
+}
+
+impl Wire {
+    /// Forward until the link's side closes, the stream closes, or the pair is cut (returning
+    /// drops `out`, which closes the stream).
+    async fn run(mut self, mut rx: mpsc::Receiver<Frame>) {
+        let mut changes = self.net.changes.subscribe();
+        loop {
+            tokio::select! {
+                f = rx.recv() => match f {
+                    Some(f) => {
+                        if self.pass(f).await.is_err() {
+                            return;
+                        }
+                    }
+                    None => return,
+                },
+                c = changes.changed() => {
+                    if c.is_err() || self.net.is_cut(&self.from, &self.to) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One frame: a Delta meets its fate, anything else goes straight through.
+    async fn pass(&mut self, f: Frame) -> Result<(), ()> {
+        if !matches!(f.kind, Some(Kind::Delta(_))) {
+            return self.send(f).await;
+        }
+        let fate = self.net.fate();
+        if !fate.delay.is_zero() {
+            // Latency, not bandwidth: the frame arrives later, the link carries on.
+            let out = self.out.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(fate.delay).await;
+                let _ = out.send(f).await;
+            });
+            return Ok(());
+        }
+        if fate.drop {
+            return Ok(());
+        }
+        if fate.hold && self.held.is_none() {
+            self.held = Some(f);
+            return Ok(());
+        }
+        if fate.duplicate {
+            self.send(f.clone()).await?;
+        }
+        self.send(f).await?;
+        if let Some(h) = self.held.take() {
+            self.send(h).await?;
+        }
+        Ok(())
+    }
+
+    async fn send(&self, f: Frame) -> Result<(), ()> {
+        self.out.send(f).await.map_err(|_| ())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,5 +241,71 @@ mod tests {
         assert!((0..1000).all(|_| f.fate() == Fate::default()));
         f.set_loss(1000, 0, 0);
         assert!((0..100).all(|_| f.fate().drop));
+    }
+
+    fn delta() -> Frame {
+        Frame {
+            kind: Some(Kind::Delta(Default::default())),
+        }
+    }
+
+    fn ping() -> Frame {
+        Frame {
+            kind: Some(Kind::Ping(Default::default())),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cut_pair_gets_no_wire_and_a_later_cut_closes_the_stream() {
+        let net = Arc::new(Faults::new());
+        net.cut("a", "b");
+        let (out, _rx) = mpsc::channel(4);
+        assert!(net.wrap("a", "b", out).is_none());
+        net.heal();
+        let (out, mut rx) = mpsc::channel(4);
+        let tx = net.wrap("a", "b", out).expect("healed");
+        tx.send(ping()).await.expect("open");
+        assert!(rx.recv().await.is_some());
+        net.cut("b", "a");
+        assert!(rx.recv().await.is_none(), "the stream closes on the cut");
+    }
+
+    #[tokio::test]
+    async fn only_deltas_meet_their_fate() {
+        let net = Arc::new(Faults::new());
+        net.set_loss(1000, 0, 0);
+        let (out, mut rx) = mpsc::channel(4);
+        let tx = net.wrap("a", "b", out).expect("not cut");
+        tx.send(delta()).await.expect("open");
+        tx.send(ping()).await.expect("open");
+        let f = rx.recv().await.expect("the ping");
+        assert!(
+            matches!(f.kind, Some(Kind::Ping(_))),
+            "the Delta was dropped"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_held_delta_goes_after_the_next_one() {
+        let net = Arc::new(Faults::new());
+        net.set_loss(0, 0, 1000);
+        let (out, mut rx) = mpsc::channel(4);
+        let tx = net.wrap("a", "b", out).expect("not cut");
+        let numbered = |seq| Frame {
+            kind: Some(Kind::Delta(super::super::proto::Delta {
+                seq,
+                ..Default::default()
+            })),
+        };
+        tx.send(numbered(1)).await.expect("open");
+        tx.send(numbered(2)).await.expect("open");
+        let seqs: Vec<u64> = [rx.recv().await, rx.recv().await]
+            .into_iter()
+            .map(|f| match f.and_then(|f| f.kind) {
+                Some(Kind::Delta(d)) => d.seq,
+                other => panic!("not a Delta: {other:?}"),
+            })
+            .collect();
+        assert_eq!(seqs, vec![2, 1]);
     }
 }

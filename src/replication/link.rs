@@ -472,19 +472,14 @@ async fn handshake(
         shared.metrics.refused(reason);
         return Err(End::Refused(msg));
     }
-    if is_cut(shared, &hello.node) {
-        return Err(End::Unreachable("cut off by the test network".into()));
-    }
+    // A test's network goes between the link and its stream from here on (None deployed).
+    let tx = match &shared.settings.faults {
+        None => tx,
+        Some(net) => net
+            .wrap(&shared.me().node, &hello.node, tx)
+            .ok_or_else(|| End::Unreachable("cut off by the test network".into()))?,
+    };
     Ok((tx, inbound, hello))
-}
-
-/// The test network cut this node from `peer` (always false outside tests).
-fn is_cut(shared: &Shared, peer: &str) -> bool {
-    shared
-        .settings
-        .faults
-        .as_ref()
-        .is_some_and(|f| f.is_cut(&shared.me().node, peer))
 }
 
 /// The peer answered: this link is now its member's live link, unless another link already
@@ -591,7 +586,6 @@ impl<'a> Steady<'a> {
         let link = self.link;
         let mut keepalive = tokio::time::interval(keepalive(shared.membership.members().len()));
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut faults = shared.settings.faults.as_ref().map(|f| f.subscribe());
         loop {
             let resend = out.next_resend().map(|at| at.saturating_sub(link.now()));
             let step = tokio::select! {
@@ -599,14 +593,10 @@ impl<'a> Steady<'a> {
                 _ = link.pushed.notified() => self.push(out, tx).await,
                 _ = sleep_for(resend) => self.push(out, tx).await,
                 _ = keepalive.tick() => self.ping(out, tx, None).await,
-                _ = fault_change(&mut faults) => Ok(()),
                 msg = inbound.message() => self.receive(out, msg),
             };
             if let Err(e) = step {
                 return e;
-            }
-            if is_cut(shared, self.peer) {
-                return End::Broken("cut off by the test network".into());
             }
         }
     }
@@ -656,23 +646,18 @@ impl<'a> Steady<'a> {
         out: &mut Outbox<'_>,
         msg: Result<Option<Frame>, tonic::Status>,
     ) -> Result<(), End> {
-        let cut = is_cut(self.shared, self.peer);
         match msg {
             Ok(Some(Frame {
                 kind: Some(Kind::Ack(a)),
             })) => {
-                if !cut {
-                    self.link.heard();
-                    out.ack(a.seq);
-                }
+                self.link.heard();
+                out.ack(a.seq);
             }
             Ok(Some(Frame {
                 kind: Some(Kind::Gossip(g)),
             })) => {
-                if !cut {
-                    self.link.heard();
-                    self.shared.membership.receive(g.data);
-                }
+                self.link.heard();
+                self.shared.membership.receive(g.data);
             }
             Ok(Some(Frame {
                 kind: Some(Kind::Pong(p)),
@@ -682,10 +667,8 @@ impl<'a> Steady<'a> {
                 if self.goodbye.is_some_and(|g| self.pongs >= g) {
                     self.link.said_goodbye.store(true, Ordering::Release);
                 }
-                if !cut {
-                    self.link.heard();
-                    self.clock_check(&p);
-                }
+                self.link.heard();
+                self.clock_check(&p);
             }
             Ok(Some(other)) => {
                 self.shared.metrics.refused("malformed");
@@ -725,18 +708,6 @@ fn keepalive(members: usize) -> Duration {
 async fn sleep_for(nanos: Option<Nanos>) {
     match nanos {
         Some(n) => tokio::time::sleep(Duration::from_nanos(n.max(0) as u64)).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Resolves when the test network changed (never without one).
-async fn fault_change(rx: &mut Option<tokio::sync::watch::Receiver<u64>>) {
-    match rx {
-        Some(rx) => {
-            if rx.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
         None => std::future::pending().await,
     }
 }

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::faults::Faults;
 use super::link::{frame, Encoding, End, Link};
 use super::proto::frame::Kind;
 use super::proto::{Frame, SnapshotEnd};
@@ -78,15 +77,12 @@ pub(crate) struct Outbox<'a> {
     link: &'a Link,
     rtt: Rtt,
     slack: Duration,
-    faults: Option<&'a Faults>,
     seq: u64,
     in_flight: VecDeque<InFlight>,
     /// Round of the last drain of the dirty set: everything up to it was sent or is in flight.
     drained_round: u64,
     /// Keys sent back to the dirty set since the last drain hold acks back to before their round.
     requeued_floor: Option<u64>,
-    /// A frame held back to be sent after the next one (reorder fault).
-    held: Option<Frame>,
 }
 
 impl<'a> Outbox<'a> {
@@ -95,12 +91,10 @@ impl<'a> Outbox<'a> {
             link,
             rtt: Rtt::default(),
             slack: shared.settings.sync_interval,
-            faults: shared.settings.faults.as_deref(),
             seq: 0,
             in_flight: VecDeque::new(),
             drained_round: link.acked_round(),
             requeued_floor: None,
-            held: None,
         }
     }
 
@@ -199,7 +193,7 @@ impl<'a> Outbox<'a> {
         }
     }
 
-    /// Send one Delta (through the fault plan, in tests).
+    /// Number one Delta, remember it until acknowledged, and send it.
     async fn send_delta(
         &mut self,
         tx: &mpsc::Sender<Frame>,
@@ -218,35 +212,10 @@ impl<'a> Outbox<'a> {
             sent: self.link.now(),
         });
         self.publish();
-        // Counted as sent whatever the test network does with it: the link sent it.
         self.link.frames_sent.increment(1);
         self.link.bytes_sent.increment(bytes);
         self.link.keys_sent.increment(n);
-        let fate = self.faults.map(Faults::fate).unwrap_or_default();
-        if !fate.delay.is_zero() {
-            // Latency, not bandwidth: the frame arrives later, the link carries on.
-            let (tx, delay) = (tx.clone(), fate.delay);
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                let _ = tx.send(f).await;
-            });
-            return Ok(());
-        }
-        if fate.drop {
-            return Ok(());
-        }
-        if fate.hold && self.held.is_none() {
-            self.held = Some(f);
-            return Ok(());
-        }
-        if fate.duplicate {
-            self.send(tx, f.clone()).await?;
-        }
-        self.send(tx, f).await?;
-        if let Some(h) = self.held.take() {
-            self.send(tx, h).await?;
-        }
-        Ok(())
+        self.send(tx, f).await
     }
 
     /// SnapshotEnd: everything up to `round` has been sent.
