@@ -13,12 +13,12 @@ use crate::store::KeyId;
 type Round = (u64, Vec<(KeyId, (u64, u64))>);
 
 #[derive(Debug, Default)]
-pub(crate) struct BurstGuard {
+pub(crate) struct PendingAcks {
     /// Rounds not yet acknowledged by every live member, oldest first.
     pending: Mutex<VecDeque<Round>>,
 }
 
-impl BurstGuard {
+impl PendingAcks {
     /// Round `round` carried these own counts.
     pub fn hold(&self, round: u64, counts: Vec<(KeyId, (u64, u64))>) {
         self.pending.lock().push_back((round, counts));
@@ -44,7 +44,7 @@ impl BurstGuard {
 impl Shared {
     /// Apply the acknowledgements of every round all live members have acknowledged.
     pub(super) fn settle_acks(&self) {
-        if !self.settings.burst_guard || self.burst_guard.is_idle() {
+        if !self.settings.burst_guard || self.pending_acks.is_idle() {
             return;
         }
         let now = self.monotonic();
@@ -60,7 +60,7 @@ impl Shared {
             .map(|l| l.acked_through(self.round()))
             .min()
             .unwrap_or_else(|| self.round());
-        let done = self.burst_guard.settle(acked);
+        let done = self.pending_acks.settle(acked);
         if !done.is_empty() {
             self.store.acknowledge(&done);
         }
@@ -73,7 +73,7 @@ mod tests {
 
     #[test]
     fn a_round_settles_only_once_acknowledged_and_in_order() {
-        let g = BurstGuard::default();
+        let g = PendingAcks::default();
         g.hold(1, vec![(KeyId(1), (1, 1))]);
         g.hold(2, vec![(KeyId(2), (2, 2))]);
         g.hold(4, vec![(KeyId(4), (4, 4))]);

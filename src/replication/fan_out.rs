@@ -35,7 +35,7 @@ impl Shared {
         // so a link that drains after reading round `r` has every key of rounds up to `r`.
         let round = self.round() + 1;
         if self.settings.burst_guard {
-            self.burst_guard.hold(round, d.counts);
+            self.pending_acks.hold(round, d.counts);
         }
         let woken: Vec<Arc<Link>> = self.relay.with_reports(|reports| {
             self.links

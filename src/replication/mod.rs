@@ -33,6 +33,7 @@ mod catch_up;
 mod clock_health;
 mod codec;
 mod dissemination;
+mod fair_share;
 mod fan_out;
 pub mod faults;
 mod handoff;
@@ -68,7 +69,7 @@ pub use codec::{decode_delta, Decoded, DeltaBuilder, FrameError};
 pub use membership::MemberId;
 pub use replicas::{Replica, ReplicaTable};
 
-use burst_guard::BurstGuard;
+use burst_guard::PendingAcks;
 use catch_up::CatchUp;
 use clock_health::ClockHealth;
 use link_table::LinkTable;
@@ -227,7 +228,7 @@ pub(crate) struct Shared {
     relay: dissemination::Relay,
     clock_health: ClockHealth,
     catch_up: CatchUp,
-    burst_guard: BurstGuard,
+    pending_acks: PendingAcks,
     departed: Departed,
     answers: Answers,
     /// The last fan-out round; its changes are in the dirty sets of the links they go to.
@@ -263,62 +264,6 @@ impl Shared {
 
     pub fn me(&self) -> Replica {
         self.replicas.me()
-    }
-
-    /// Fair-share mode on while a member is suspected or has gone quiet on its link; off again
-    /// once every member is heard from and caught up both ways (it acknowledged what we sent
-    /// since it came back, and its stream to us delivered SnapshotEnd), so no consumption of
-    /// the split is missing. A member declared dead is no longer a member: it stops counting.
-    fn update_mode(&self) {
-        let now = self.monotonic();
-        let timeout = self.settings.peer_timeout;
-        let members = self.member_links();
-        let n = 1 + members.len() as u32;
-        self.metrics.members.set(n as f64);
-        let suspects = members.iter().filter(|r| r.suspect).count();
-        self.metrics.suspects.set(suspects as f64);
-        let unreachable: Vec<&str> = members
-            .iter()
-            .filter(|r| r.suspect || r.link.as_ref().is_none_or(|l| !l.alive(now, timeout)))
-            .map(|r| r.name.as_str())
-            .collect();
-        let round = self.round();
-        let behind = members.iter().any(|r| {
-            r.link.as_ref().is_none_or(|l| !l.resynced(round)) || !self.catch_up.has(&r.name)
-        });
-        let current = self.store.fair_share();
-        let want = if !unreachable.is_empty() || (current.is_some() && behind) {
-            Some(n)
-        } else {
-            None
-        };
-        if want != current {
-            match want {
-                Some(n) => {
-                    if current.is_none() {
-                        self.metrics.fair_share_entered.increment(1);
-                    }
-                    warn!(members = n, unreachable = ?unreachable, "fair-share mode: deciding on this node's 1/{n} of every limit");
-                }
-                None => info!("every member is back and caught up: leaving fair-share mode"),
-            }
-            self.store.set_fair_share(want, self.now());
-        }
-        self.metrics
-            .fair_share
-            .set(if want.is_some() { 1.0 } else { 0.0 });
-        // Late remote consumption is debt; cap it at about one capacity per other member so a
-        // heal after a partition cannot lock a key out for long.
-        self.store.set_debt_cap_capacities(n.max(2));
-        if self.settings.burst_guard {
-            // An ack takes up to a sync interval to be sent, one to be settled, and one more
-            // for the change to leave the store, plus the network.
-            let round_trip = self.settings.sync_interval * 3 + Duration::from_millis(1);
-            self.store.set_burst_guard(n, round_trip);
-            self.metrics
-                .unacked_keys
-                .set(self.store.unacked_keys() as f64);
-        }
     }
 }
 
@@ -377,7 +322,7 @@ impl Replicator {
             relay: dissemination::Relay::default(),
             clock_health: ClockHealth::default(),
             catch_up: CatchUp::default(),
-            burst_guard: BurstGuard::default(),
+            pending_acks: PendingAcks::default(),
             departed: Departed::default(),
             answers: Answers::default(),
             round: AtomicU64::new(0),
