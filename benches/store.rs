@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicIsize, Ordering};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use tollgate::bucket::{Limit, ReplicaId};
+use tollgate::bucket::{Limit, Mode, ReplicaId};
 use tollgate::store::{Charge, KeyBuilder, KeyId, Store, StoreConfig};
 use tollgate::unit::Unit;
 
@@ -62,7 +62,7 @@ fn filled() -> (Store, f64) {
     let before = LIVE.load(Ordering::Relaxed);
     let s = store();
     for i in 0..KEYS {
-        s.decide(&charge(key(i)), T0);
+        s.decide(&charge(key(i)), Mode::Shared, T0);
     }
     let bytes = (LIVE.load(Ordering::Relaxed) - before) as f64 / KEYS as f64;
     (s, bytes)
@@ -75,7 +75,7 @@ fn hot_key(c: &mut Criterion) {
     c.bench_function("store/decide_hot_key", |b| {
         b.iter(|| {
             t += 1_000;
-            black_box(s.decide(&charge(k), t))
+            black_box(s.decide(&charge(k), Mode::Shared, t))
         })
     });
 }
@@ -91,7 +91,7 @@ fn spread_keys(c: &mut Criterion) {
     c.bench_function("store/decide_hot_key_with_1M_live", |b| {
         b.iter(|| {
             t += 1_000;
-            black_box(s.decide(&charge(hot), t))
+            black_box(s.decide(&charge(hot), Mode::Shared, t))
         })
     });
     let mut i = 0u64;
@@ -99,7 +99,7 @@ fn spread_keys(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 7_919) % KEYS;
             t += 1_000;
-            black_box(s.decide(&charge(key(i)), t))
+            black_box(s.decide(&charge(key(i)), Mode::Shared, t))
         })
     });
 }
@@ -112,7 +112,7 @@ fn two_descriptors(c: &mut Criterion) {
         b.iter(|| {
             t += 1_000;
             let charges = [charge(a)[0], charge(b2)[0]];
-            black_box(s.decide(&charges, t))
+            black_box(s.decide(&charges, Mode::Shared, t))
         })
     });
 }

@@ -350,7 +350,8 @@ impl Limiter {
         let now = self.clock.now();
         let mut resolved = resolve::Resolved::default();
         resolve::resolve(&active, req, self.options.quota_mode, &mut resolved)?;
-        let decision = decide::decide(&self.store, &resolved, now, self.options.shadow_mode);
+        let mode = self.store.mode();
+        let decision = decide::decide(&self.store, &resolved, mode, now, self.options.shadow_mode);
         account::account(&self.metrics, &decision, now, self.near_ratio);
         Ok(respond::response(req, &decision, &self.options.response))
     }

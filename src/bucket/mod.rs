@@ -25,11 +25,13 @@
 //! See `shared/design/replicated-bucket.md` for the derivation and the over-admission bounds.
 
 mod fair;
+mod mode;
 mod refunds;
 mod state;
 mod usage;
 
 pub use fair::FairShare;
+pub use mode::{Ask, BurstGuard, Mode};
 pub use refunds::Refund;
 pub use state::{BucketState, Guard, Limit, Outcome, ReplicaId, Slot, MAX_PERIOD_NS};
 

@@ -11,8 +11,9 @@
 
 use smallvec::SmallVec;
 
+use crate::bucket::Mode;
 use crate::config::Rule;
-use crate::store::{Charge, Store, Verdict};
+use crate::store::{Charge, Fits, Store, Verdict};
 
 /// How the store applies one charge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +48,7 @@ pub(crate) fn apply(
     store: &Store,
     charges: &[Charge],
     kinds: &[Kind],
+    mode: Mode,
     now: i64,
 ) -> SmallVec<[Option<Verdict>; 4]> {
     charges
@@ -54,7 +56,7 @@ pub(crate) fn apply(
         .zip(kinds)
         .map(|(c, kind)| match kind {
             Kind::Admit => None,
-            Kind::Usage => Some(store.charge_with_debt(c.key, c.limit, c.hits, now)),
+            Kind::Usage => Some(store.charge_with_debt(c.key, c.limit, c.hits, mode, now)),
             Kind::Refund => Some(store.refund(c.key, c.limit, c.hits, now)),
         })
         .collect()
@@ -69,11 +71,14 @@ pub(crate) fn admit(
     store: &Store,
     charges: &[Charge],
     early: &[Option<Verdict>],
+    mode: Mode,
     now: i64,
-    admitted: impl FnOnce(&[bool]) -> bool,
+    admitted: impl FnOnce(&dyn Fn(usize) -> bool) -> bool,
 ) -> SmallVec<[Verdict; 4]> {
     if early.iter().all(Option::is_none) {
-        return store.decide_with(charges, now, admitted);
+        return store.decide_with(charges, mode, now, |fits: Fits<'_>| {
+            admitted(&|c| fits.get(c))
+        });
     }
     let plain: SmallVec<[Charge; 4]> = charges
         .iter()
@@ -82,16 +87,16 @@ pub(crate) fn admit(
         .map(|(c, _)| *c)
         .collect();
     let mut decided = store
-        .decide_with(&plain, now, |fits| {
+        .decide_with(&plain, mode, now, |fits| {
             let mut fits = fits.iter();
             let within: SmallVec<[bool; 4]> = early
                 .iter()
                 .map(|e| match e {
                     Some(v) => v.within,
-                    None => fits.next().copied().unwrap_or(false),
+                    None => fits.next().unwrap_or(false),
                 })
                 .collect();
-            admitted(&within)
+            admitted(&|c| within.get(c).copied().unwrap_or(false))
         })
         .into_iter();
     early

@@ -5,7 +5,7 @@ use smallvec::SmallVec;
 
 use super::after::{self, Kind};
 use super::resolve::{Limited, Plan, Resolved};
-use crate::bucket::Limit;
+use crate::bucket::{Limit, Mode};
 use crate::config::Rule;
 use crate::store::{Charge, Store, Verdict};
 use crate::unit::Unit;
@@ -145,7 +145,8 @@ impl<'a> Decision<'_, 'a> {
     }
 }
 
-/// Decide the charges of `resolved` at `now`.
+/// Decide the charges of `resolved` at `now`, under the cluster's `mode` (read once for the
+/// request, so that its usage charges and its admissions see the same one).
 ///
 /// All or nothing: a request that is over charges none of its buckets. The store decides the
 /// request's admission under the locks of every shard it charges, from what fits
@@ -155,6 +156,7 @@ impl<'a> Decision<'_, 'a> {
 pub(crate) fn decide<'r, 'a>(
     store: &Store,
     resolved: &'r Resolved<'a>,
+    mode: Mode,
     now: i64,
     global_shadow: bool,
 ) -> Decision<'r, 'a> {
@@ -162,18 +164,18 @@ pub(crate) fn decide<'r, 'a>(
     // Usage, pre-checks and refunds first (`after`): they apply whatever the other limits say,
     // and a short bucket among them rejects the request.
     // Most requests have only admissions: nothing to apply first, and no verdicts to merge.
-    let kinds = kinds_of(plans, resolved.charges.len());
-    let early = if kinds.iter().all(|k| *k == Kind::Admit) {
+    let early = if limited(plans).all(|l| l.kind == Kind::Admit) {
         SmallVec::new()
     } else {
-        after::apply(store, &resolved.charges, &kinds, now)
+        let kinds = kinds_of(plans, resolved.charges.len());
+        after::apply(store, &resolved.charges, &kinds, mode, now)
     };
     let count = Counts::of(plans);
     // `requests_per_unit: 0` outside quota mode (or on every quota descriptor) rejects the
     // request whatever the buckets say: they are only read. So does a usage charge or
     // pre-check that found its bucket short (on an enforced descriptor outside quota mode).
     let blocked = count.blocked || (count.quota > 0 && count.quota_blocked == count.quota);
-    let held = early_over(plans, &early);
+    let held = !early.is_empty() && early_over(plans, &early);
     let reads: SmallVec<[Charge; 4]>;
     let charges: &[Charge] = if blocked || held {
         reads = resolved
@@ -185,10 +187,15 @@ pub(crate) fn decide<'r, 'a>(
     } else {
         &resolved.charges
     };
-    let verdicts = after::admit(store, charges, &early, now, |within| {
-        !over(plans, &count, |c| within.get(c).copied().unwrap_or(false))
+    // What the store's admission rule found is the request's answer: the verdicts' `within`
+    // are the fits it was told.
+    let mut found = None;
+    let verdicts = after::admit(store, charges, &early, mode, now, |within| {
+        let o = over(plans, &count, within);
+        found = Some(o);
+        !o
     });
-    let over = blocked || over(plans, &count, |c| verdicts[c].within);
+    let over = blocked || found.unwrap_or_else(|| over(plans, &count, |c| verdicts[c].within));
     Decision {
         resolved,
         verdicts,

@@ -12,6 +12,7 @@ use tracing::{info, warn};
 
 use super::member_links::Reach;
 use super::Shared;
+use crate::bucket::{BurstGuard, Mode};
 
 /// What the mode is decided on, read once per check.
 struct Cluster<'a> {
@@ -47,8 +48,12 @@ impl Shared {
                 }
                 None => info!("every member is back and caught up: leaving fair-share mode"),
             }
-            self.store.set_fair_share(want, self.now());
         }
+        // An ack takes up to a sync interval to be sent, one to be settled, and one more for
+        // the change to leave the store, plus the network.
+        let round_trip = self.settings.sync_interval * 3 + Duration::from_millis(1);
+        let guard = BurstGuard::new(c.n, round_trip).filter(|_| self.settings.burst_guard);
+        self.store.set_mode(Mode::new(want, guard), self.now());
         self.metrics
             .fair_share
             .set(if want.is_some() { 1.0 } else { 0.0 });
@@ -56,10 +61,6 @@ impl Shared {
         // heal after a partition cannot lock a key out for long.
         self.store.set_debt_cap_capacities(c.n.max(2));
         if self.settings.burst_guard {
-            // An ack takes up to a sync interval to be sent, one to be settled, and one more
-            // for the change to leave the store, plus the network.
-            let round_trip = self.settings.sync_interval * 3 + Duration::from_millis(1);
-            self.store.set_burst_guard(c.n, round_trip);
             self.metrics
                 .unacked_keys
                 .set(self.store.unacked_keys() as f64);

@@ -36,7 +36,9 @@ use table::{Packed, Pos, Side, Table};
 
 use budget::Budgets;
 
-use crate::bucket::{generation_at, BucketState, FairShare, Guard, Limit, Outcome, ReplicaId};
+use crate::bucket::{
+    generation_at, Ask, BucketState, BurstGuard, FairShare, Limit, Mode, Outcome, ReplicaId,
+};
 
 /// One bucket to charge as part of a request.
 #[derive(Debug, Clone, Copy)]
@@ -215,16 +217,149 @@ impl Shard {
         self.latest = self.latest.max(now);
         self.latest
     }
+
+    /// The key's fair share, in fair-share mode and once it was started.
+    fn share(&self, id: u128, mode: Mode) -> Option<FairShare> {
+        match mode {
+            Mode::FairShare { .. } => self.fair.get(&Packed::of(id)).copied(),
+            _ => None,
+        }
+    }
+
+    /// This node's acknowledged counts of the key, when the burst guard decides and some of
+    /// its counts wait for an acknowledgement.
+    fn acked(&self, id: u128, mode: Mode) -> Option<(u64, u64)> {
+        match mode {
+            Mode::Guarded(_) => self.acked.get(&Packed::of(id)).copied(),
+            _ => None,
+        }
+    }
+
+    /// The state at `pos`, or a fresh bucket's for a key without an entry.
+    fn state_or_fresh<R>(
+        &self,
+        pos: Option<Pos>,
+        now: i64,
+        f: impl FnOnce(&BucketState) -> R,
+    ) -> R {
+        match pos {
+            Some(p) => f(&self.map.at(p).state),
+            None => f(&BucketState::new(generation_at(now))),
+        }
+    }
+
+    /// Whether the ask fits the key `id` (its entry at `pos`, if it has one) under `mode`.
+    fn fits(&self, id: u128, pos: Option<Pos>, ask: &Ask, mode: Mode) -> bool {
+        let (share, acked) = (self.share(id, mode), self.acked(id, mode));
+        self.state_or_fresh(pos, ask.now, |state| mode.fits(ask, state, share, acked))
+    }
+
+    /// Read the key `id` without charging it; `allowed` is what the decision found.
+    fn read(
+        &self,
+        id: u128,
+        pos: Option<Pos>,
+        limit: &Limit,
+        mode: Mode,
+        now: i64,
+        allowed: bool,
+    ) -> Outcome {
+        let share = self.share(id, mode);
+        self.state_or_fresh(pos, now, |state| {
+            mode.read(state, share, limit, now, allowed)
+        })
+    }
 }
 
-/// How replication constrains local decisions right now; read once per request.
-#[derive(Debug, Clone, Copy, Default)]
-struct Mode {
-    /// Members in fair-share mode (0: off).
-    fair: u32,
+/// The shards a request has locked, and what it is decided under while it holds them.
+struct Locked<'s> {
+    /// The shards' indices, ascending, and their guards in the same order.
+    order: SmallVec<[usize; 4]>,
+    guards: SmallVec<[MutexGuard<'s, Shard>; 4]>,
+    overflow: Option<MutexGuard<'s, Shard>>,
+    mode: Mode,
+    /// The request's one time: the latest any of its shards has decided at.
+    now: i64,
+    /// The request has created a key: positions found before may have moved.
+    created: bool,
+}
+
+impl Locked<'_> {
+    /// Where the guard of `shard` is in `guards`.
+    fn lock_of(&self, shard: usize) -> usize {
+        self.order
+            .binary_search(&shard)
+            .expect("every charge's shard is locked")
+    }
+
+    /// The shard whose guard is `guards[lock]`.
+    fn shard(&mut self, lock: usize) -> &mut Shard {
+        &mut self.guards[lock]
+    }
+
+    fn overflow(&mut self) -> Option<&mut Shard> {
+        self.overflow.as_deref_mut()
+    }
+}
+
+/// Where one charge of a request lives, and whether it fits: the first pass of a decision,
+/// before anything is charged.
+#[derive(Debug, Clone, Copy)]
+struct Place {
+    placement: Placement,
+    /// The bucket's id in its table: the key's own, or its overflow bucket's.
+    id: u128,
+    /// Its entry, if it has one (valid until the request creates a key).
+    pos: Option<Pos>,
+    /// The key budget slot a new key is counted in.
+    budget: u32,
+    /// Its shard's guard in [`Locked::guards`] (own placement).
+    lock: usize,
+    fit: bool,
+}
+
+/// Which charges of a request fit their bucket, in the request's order: what a caller's
+/// admission rule is told ([`Store::decide_with`]).
+pub struct Fits<'a>(&'a [Place]);
+
+impl Fits<'_> {
+    /// Whether charge `i` fits (`false` past the end).
+    pub fn get(&self, i: usize) -> bool {
+        self.0.get(i).is_some_and(|p| p.fit)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = bool> + '_ {
+        self.0.iter().map(|p| p.fit)
+    }
+}
+
+/// The cluster's mode as replication last set it: read on every request, written when the
+/// membership changes.
+#[derive(Default)]
+struct ModeCell {
+    /// Members sharing every limit in fair-share mode (0: off).
+    fair: AtomicU32,
     /// Members for the burst guard (0: off).
-    guard: u32,
-    round_trip_ns: u64,
+    guard: AtomicU32,
+    round_trip_ns: AtomicU64,
+}
+
+impl ModeCell {
+    fn get(&self) -> Mode {
+        let guard = BurstGuard::new(
+            self.guard.load(Ordering::Relaxed),
+            std::time::Duration::from_nanos(self.round_trip_ns.load(Ordering::Relaxed)),
+        );
+        Mode::new(Some(self.fair.load(Ordering::Acquire)), guard)
+    }
 }
 
 /// Keeps each shard's lock on its own cache line so shards do not false-share.
@@ -239,12 +374,10 @@ pub struct Store {
     overflow_live: AtomicUsize,
     shared_total: AtomicU64,
     refused_total: AtomicU64,
-    fair_members: AtomicU32,
-    guard_members: AtomicU32,
+    mode: ModeCell,
     /// Entries in the shards' `acked` tables, counted so the replication tick can publish it
     /// without locking every shard.
     unacked: AtomicUsize,
-    round_trip_ns: AtomicU64,
     budgets: Budgets,
     /// The debt cap in capacities: `cfg.debt_cap_capacities` at start, then what replication
     /// sets from the live membership.
@@ -263,10 +396,8 @@ impl Store {
             overflow_live: AtomicUsize::new(0),
             shared_total: AtomicU64::new(0),
             refused_total: AtomicU64::new(0),
-            fair_members: AtomicU32::new(0),
-            guard_members: AtomicU32::new(0),
+            mode: ModeCell::default(),
             unacked: AtomicUsize::new(0),
-            round_trip_ns: AtomicU64::new(0),
             budgets: Budgets::new(cfg.max_keys),
             debt_caps: AtomicU32::new(cfg.debt_cap_capacities),
             cfg,
@@ -306,42 +437,40 @@ impl Store {
         self.debt_caps.load(Ordering::Relaxed)
     }
 
-    fn mode(&self) -> Mode {
-        Mode {
-            fair: self.fair_members.load(Ordering::Relaxed),
-            guard: self.guard_members.load(Ordering::Relaxed),
-            round_trip_ns: self.round_trip_ns.load(Ordering::Relaxed),
-        }
+    /// The cluster's mode now: what a request is decided under. Read it once per request and
+    /// hand it to each of the request's store calls.
+    pub fn mode(&self) -> Mode {
+        self.mode.get()
     }
 
-    /// Turn the burst guard on for a cluster of `members` (this node included) whose acks take
-    /// about `round_trip`; `members <= 1` turns it off.
-    pub fn set_burst_guard(&self, members: u32, round_trip: std::time::Duration) {
-        self.round_trip_ns.store(
-            round_trip.as_nanos().min(u64::MAX as u128) as u64,
-            Ordering::Relaxed,
-        );
-        self.guard_members
-            .store(if members > 1 { members } else { 0 }, Ordering::Relaxed);
+    /// Members sharing every limit while in fair-share mode, if it is on.
+    pub fn fair_share(&self) -> Option<u32> {
+        self.mode().fair_share()
     }
 
-    /// Enter fair-share mode with `members` sharing every limit, or leave it (`None`).
+    /// Set the cluster's mode (replication, as the membership changes).
     ///
-    /// Entering fixes every live key's share from the view at `now`, before anything else is
-    /// merged: a share taken later from a view that already holds a same-side peer's
-    /// fair-share spending would charge that spending twice. Leaving forgets the shares: the
-    /// next decision is on the shared bucket again.
-    pub fn set_fair_share(&self, members: Option<u32>, now: i64) {
-        let m = members.unwrap_or(0);
-        let was = self.fair_members.load(Ordering::Acquire);
-        if was == m {
+    /// Entering fair-share mode (or a new member count in it) fixes every live key's share from
+    /// the view at `now`, before anything else is merged: a share taken later from a view that
+    /// already holds a same-side peer's fair-share spending would charge that spending twice.
+    /// Leaving it forgets the shares: the next decision is on the shared bucket again.
+    pub fn set_mode(&self, mode: Mode, now: i64) {
+        let guard = mode.guard();
+        self.mode
+            .round_trip_ns
+            .store(guard.map_or(0, |g| g.round_trip_ns()), Ordering::Relaxed);
+        self.mode
+            .guard
+            .store(guard.map_or(0, |g| g.members()), Ordering::Relaxed);
+        let fair = mode.fair_share().unwrap_or(0);
+        if self.mode.fair.load(Ordering::Acquire) == fair {
             return;
         }
         for s in self.shards.iter() {
             let mut g = s.0.lock();
             let shard = &mut *g;
             shard.fair.clear();
-            if m > 0 {
+            if fair > 0 {
                 shard.fair.extend(
                     shard
                         .map
@@ -352,69 +481,17 @@ impl Store {
                 shard.fair.shrink_to_fit();
             }
         }
-        self.fair_members.store(m, Ordering::Release);
+        self.mode.fair.store(fair, Ordering::Release);
     }
 
-    /// Members sharing every limit while in fair-share mode, if it is on.
-    pub fn fair_share(&self) -> Option<u32> {
-        let m = self.fair_members.load(Ordering::Relaxed);
-        (m > 0).then_some(m)
-    }
-
-    /// Whether `hits` fit the key's bucket under the current mode: the shared bucket (and the
-    /// burst guard), or this node's share of it in fair-share mode.
-    #[allow(clippy::too_many_arguments)]
-    fn fits(
-        &self,
-        shard: &Shard,
-        id: u128,
-        state: Option<&BucketState>,
-        limit: &Limit,
-        hits: u64,
-        now: i64,
-        mode: Mode,
-    ) -> bool {
-        let fresh;
-        let state = match state {
-            Some(s) => s,
-            None => {
-                fresh = BucketState::new(generation_at(now));
-                &fresh
-            }
-        };
-        if mode.fair > 0 {
-            let share = shard
-                .fair
-                .get(&Packed::of(id))
-                .copied()
-                .unwrap_or_else(|| FairShare::start(state, limit, now));
-            return share.check(limit, hits, now, mode.fair);
-        }
-        if !state.check(limit, hits, now) {
-            return false;
-        }
-        if mode.guard > 0 {
-            let (acked_consumed, acked_requested) =
-                shard.acked.get(&Packed::of(id)).copied().unwrap_or((
-                    state.consumed_by(self.local),
-                    state.requested_by(self.local),
-                ));
-            let g = Guard {
-                acked_consumed,
-                acked_requested,
-                members: mode.guard,
-                round_trip_ns: mode.round_trip_ns,
-            };
-            return state.guard_allows(limit, self.local, hits, now, &g);
-        }
-        true
-    }
-
-    /// Decide a request: every enforced charge must fit for any to be taken (all or none).
-    /// Shadow charges are taken only when they fit and the request is admitted.
-    pub fn decide(&self, charges: &[Charge], now: i64) -> SmallVec<[Verdict; 4]> {
-        self.decide_with(charges, now, |fits| {
-            charges.iter().zip(fits).all(|(c, &fit)| fit || !c.enforce)
+    /// Decide a request under `mode`: every enforced charge must fit for any to be taken (all
+    /// or none). Shadow charges are taken only when they fit and the request is admitted.
+    pub fn decide(&self, charges: &[Charge], mode: Mode, now: i64) -> SmallVec<[Verdict; 4]> {
+        self.decide_with(charges, mode, now, |fits| {
+            charges
+                .iter()
+                .zip(fits.iter())
+                .all(|(c, fit)| fit || !c.enforce)
         })
     }
 
@@ -423,219 +500,266 @@ impl Store {
     /// admitted; then every charge that fits is taken, or none. It is asked once, while every
     /// shard involved is locked, so what it decided on is what gets charged: quota mode (the
     /// request passes while one quota descriptor fits) is as atomic as plain all or nothing.
+    ///
+    /// `mode` is the cluster's mode as the caller read it for this request ([`Store::mode`]):
+    /// a request that began just before a change of mode is decided under the old one.
     pub fn decide_with(
         &self,
         charges: &[Charge],
+        mode: Mode,
         now: i64,
-        admitted: impl FnOnce(&[bool]) -> bool,
+        admitted: impl FnOnce(Fits<'_>) -> bool,
     ) -> SmallVec<[Verdict; 4]> {
-        // Lock every shard involved, in ascending order, so concurrent multi-key requests
-        // cannot deadlock; the overflow table, when needed, is always locked last.
-        let mut order: SmallVec<[usize; 4]> =
-            charges.iter().map(|c| self.shard_of(c.key)).collect();
-        order.sort_unstable();
-        order.dedup();
-        let mut guards: SmallVec<[(usize, MutexGuard<'_, Shard>); 4]> = order
-            .iter()
-            .map(|&i| (i, self.shards[i].0.lock()))
-            .collect();
-        let mut overflow: Option<MutexGuard<'_, Shard>> = None;
-        let mode = self.mode();
-        // One time for the whole request: the latest any of its shards has decided at.
-        let now = guards.iter_mut().fold(now, |now, (_, g)| g.decide_at(now));
-        for (_, g) in guards.iter_mut() {
-            g.decide_at(now);
-        }
-
-        // Where each charge lives (and where its entry is, if it has one), and whether it fits.
-        // A position is valid until its table changes: the second pass looks again once it
-        // has created a key.
-        let mut slots: SmallVec<[(Placement, u128, Option<Pos>); 4]> = SmallVec::new();
-        let mut budget_slots: SmallVec<[u32; 4]> = SmallVec::new();
-        let mut fits: SmallVec<[bool; 4]> = SmallVec::new();
-        for c in charges {
-            let g = shard_guard(&mut guards, self.shard_of(c.key));
-            // Existing keys, reads (which create nothing) and keys under the cap have their own
-            // bucket; others share an overflow bucket of their limit.
-            // A new key is counted in its rule's budget, so one rule's flood cannot take
-            // every other rule's room (budget.rs).
-            let pos = g.map.find(c.key.0);
-            let slot = if pos.is_none() && c.hits > 0 {
-                self.budgets.slot(c.rule)
-            } else {
-                0
-            };
-            budget_slots.push(slot);
-            let own = pos.is_some()
-                || c.hits == 0
-                || self.budgets.admits(slot, self.live.load(Ordering::Relaxed));
-            let (placement, id, pos) = if own {
-                (Placement::Own, c.key.0, pos)
-            } else {
-                let id = c
-                    .key
-                    .overflow_id(&c.limit, c.rule, self.cfg.overflow_buckets_per_limit);
-                let o = overflow.get_or_insert_with(|| self.overflow.lock());
-                let pos = o.map.find(id);
-                if pos.is_some()
-                    || self.overflow_live.load(Ordering::Relaxed) < self.cfg.max_overflow_keys
-                {
-                    (Placement::Shared, id, pos)
-                } else {
-                    (Placement::Refused, id, None)
-                }
-            };
-            // Two descriptors of one request can land on the same bucket (the same key twice,
-            // or two keys sharing an overflow bucket): check them against their sum.
-            let earlier: u64 = charges[..slots.len()]
-                .iter()
-                .zip(&slots)
-                .filter(|(_, s)| s.1 == id)
-                .map(|(e, _)| e.hits)
-                .fold(0u64, u64::saturating_add);
-            let hits = earlier.saturating_add(c.hits);
-            let fit = match placement {
-                Placement::Refused => false,
-                Placement::Own => {
-                    let state = pos.map(|p| &g.map.at(p).state);
-                    self.fits(g, id, state, &c.limit, hits, now, mode)
-                }
-                Placement::Shared => match (pos, overflow.as_ref()) {
-                    (Some(p), Some(o)) => o.map.at(p).state.check(&c.limit, hits, now),
-                    _ => true,
-                },
-            };
-            // A fresh bucket holds C tokens: it fits iff hits <= C.
-            let fit = fit && hits <= c.limit.capacity() as u64;
-            slots.push((placement, id, pos));
-            fits.push(fit);
-        }
-        let all_fit = admitted(&fits);
-
-        let gen = generation_at(now);
-        let mut verdicts = SmallVec::new();
-        let mut created = false;
+        let mut locked = self.lock(charges, mode, now);
+        let mut places: SmallVec<[Place; 4]> = SmallVec::new();
         for (i, c) in charges.iter().enumerate() {
-            let (placement, id, pos) = slots[i];
-            let within = fits[i];
-            let permit = within && all_fit;
-            let shard = match placement {
-                Placement::Refused => {
-                    self.refused_total.fetch_add(1, Ordering::Relaxed);
-                    verdicts.push(Verdict {
-                        within: false,
-                        charged: false,
-                        outcome: BucketState::new(gen).peek(&c.limit, now),
-                        placement,
-                    });
-                    continue;
-                }
-                Placement::Own => shard_guard(&mut guards, self.shard_of(c.key)),
-                Placement::Shared => {
-                    self.shared_total.fetch_add(1, Ordering::Relaxed);
-                    overflow.as_deref_mut().expect("locked when placed")
-                }
-            };
-            // Overflow buckets are local to this node: no share and no guard apply to them.
-            let mode = match placement {
-                Placement::Own => mode,
-                _ => Mode::default(),
-            };
-            // A created key may have been this one (the same key twice in a request), or may
-            // have grown its table and moved every entry.
-            let pos = if created { shard.map.find(id) } else { pos };
-            let outcome = if c.hits == 0 {
-                let fresh = BucketState::new(gen);
-                let state = pos.map_or(&fresh, |p| &shard.map.at(p).state);
-                if mode.fair > 0 {
-                    shard
-                        .fair
-                        .get(&Packed::of(id))
-                        .copied()
-                        .unwrap_or_else(|| FairShare::start(state, &c.limit, now))
-                        .outcome(&c.limit, now, mode.fair, within)
-                } else {
-                    state.peek(&c.limit, now)
-                }
-            } else {
-                let counter = match placement {
-                    Placement::Shared => &self.overflow_live,
-                    _ => &self.live,
-                };
-                let budget = budget_slots[i];
-                let pos = pos.unwrap_or_else(|| {
-                    counter.fetch_add(1, Ordering::Relaxed);
-                    if placement == Placement::Own {
-                        self.budgets.added(budget);
-                    }
-                    created = true;
-                    let entry = Entry {
-                        state: BucketState::new(gen),
-                        limit: c.limit,
-                        version: 0,
-                        budget,
-                    };
-                    shard.map.insert(id, entry)
-                });
-                let entry = shard.map.at_mut(pos);
-                if created && mode.fair > 0 {
-                    // Its counts need a floor to stand on, or the key reads as long full and GC
-                    // (and every peer) drops it with what was admitted on it.
-                    entry.state.open_at(&c.limit, now);
-                }
-                // The burst guard's record of this node's counts before the change (read only
-                // when the guard is on: two slot scans a charge otherwise spent for nothing).
-                let before = (mode.guard > 0).then(|| {
-                    (
-                        entry.state.consumed_by(self.local),
-                        entry.state.requested_by(self.local),
-                    )
-                });
-                let outcome = if mode.fair > 0 {
-                    // Decide on this node's share; record the counts, never B or F.
-                    let share = shard
-                        .fair
-                        .entry(Packed::of(id))
-                        .or_insert_with(|| FairShare::start(&entry.state, &c.limit, now));
-                    if permit {
-                        share.take(&c.limit, c.hits, now, mode.fair);
-                    }
-                    entry.state.record(self.local, c.hits, permit);
-                    share.outcome(&c.limit, now, mode.fair, permit)
-                } else {
-                    entry.state.charge(
-                        &c.limit,
-                        self.local,
-                        c.hits,
-                        now,
-                        self.debt_cap(&c.limit),
-                        permit,
-                    )
-                };
-                if let Some(before) = before {
-                    if let std::collections::hash_map::Entry::Vacant(v) =
-                        shard.acked.entry(Packed::of(id))
-                    {
-                        v.insert(before);
-                        self.unacked.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                if entry.touch(self.cfg.track_dirty) {
-                    shard.dirty.push(id);
-                }
-                outcome
-            };
-            verdicts.push(Verdict {
-                within,
-                charged: c.hits > 0 && outcome.allowed,
-                outcome: Outcome {
-                    allowed: within,
-                    ..outcome
-                },
-                placement,
-            });
+            let place = self.place(&mut locked, c, (&charges[..i], &places));
+            places.push(place);
         }
-        verdicts
+        let admitted = admitted(Fits(&places));
+        charges
+            .iter()
+            .zip(&places)
+            .map(|(c, p)| self.take(&mut locked, c, p, admitted))
+            .collect()
+    }
+
+    /// Lock every shard the charges live in, in ascending order, so that concurrent
+    /// multi-key requests cannot deadlock; the overflow table is locked later, and last, by
+    /// the first charge that needs it. The request decides at the latest time any of its
+    /// shards has decided at (`Shard::latest`).
+    fn lock<'s>(&'s self, charges: &[Charge], mode: Mode, now: i64) -> Locked<'s> {
+        let mut order: SmallVec<[usize; 4]> = SmallVec::new();
+        for c in charges {
+            let shard = self.shard_of(c.key);
+            if let Err(i) = order.binary_search(&shard) {
+                order.insert(i, shard);
+            }
+        }
+        let mut guards: SmallVec<[MutexGuard<'_, Shard>; 4]> =
+            order.iter().map(|&i| self.shards[i].0.lock()).collect();
+        let now = guards.iter_mut().fold(now, |now, g| g.decide_at(now));
+        if guards.len() > 1 {
+            for g in guards.iter_mut() {
+                g.decide_at(now);
+            }
+        }
+        Locked {
+            order,
+            guards,
+            overflow: None,
+            mode,
+            now,
+            created: false,
+        }
+    }
+
+    /// Where one charge lives (and its entry, if it has one), and whether it fits: existing
+    /// keys, reads (which create nothing) and keys within their rule's budget (`budget.rs`,
+    /// so that one rule's flood cannot take every other rule's room) have their own bucket;
+    /// others share an overflow bucket of their limit, or are refused when even that table is
+    /// full. `earlier` are the request's charges before this one, and their places.
+    fn place<'s>(
+        &'s self,
+        locked: &mut Locked<'s>,
+        c: &Charge,
+        earlier: (&[Charge], &[Place]),
+    ) -> Place {
+        let lock = locked.lock_of(self.shard_of(c.key));
+        let shard = locked.shard(lock);
+        let pos = shard.map.find(c.key.0);
+        let budget = if pos.is_none() && c.hits > 0 {
+            self.budgets.slot(c.rule)
+        } else {
+            0
+        };
+        let own = pos.is_some()
+            || c.hits == 0
+            || self
+                .budgets
+                .admits(budget, self.live.load(Ordering::Relaxed));
+        let (placement, id, pos) = if own {
+            (Placement::Own, c.key.0, pos)
+        } else {
+            self.overflow_place(locked, c)
+        };
+        // Two charges of one request can land on the same bucket (the same key twice, or two
+        // keys sharing an overflow bucket): check them against their sum.
+        let hits = earlier
+            .0
+            .iter()
+            .zip(earlier.1)
+            .filter(|(_, p)| p.id == id)
+            .fold(c.hits, |sum, (e, _)| sum.saturating_add(e.hits));
+        let ask = Ask {
+            limit: c.limit,
+            me: self.local,
+            hits,
+            now: locked.now,
+        };
+        let mode = locked.mode;
+        let fit = match placement {
+            Placement::Refused => false,
+            Placement::Own => locked.shard(lock).fits(id, pos, &ask, mode),
+            // Overflow buckets are local to this node: no share and no guard apply to them.
+            Placement::Shared => locked
+                .overflow()
+                .is_none_or(|o| o.fits(id, pos, &ask, Mode::Shared)),
+        };
+        // A fresh bucket holds C tokens: it fits iff hits <= C.
+        let fit = fit && hits <= u64::from(c.limit.capacity());
+        Place {
+            placement,
+            id,
+            pos,
+            budget,
+            lock,
+            fit,
+        }
+    }
+
+    /// A new key beyond its budget: its rule's shared overflow bucket for its limit, or none
+    /// when the overflow table is full.
+    fn overflow_place<'s>(
+        &'s self,
+        locked: &mut Locked<'s>,
+        c: &Charge,
+    ) -> (Placement, u128, Option<Pos>) {
+        let id = c
+            .key
+            .overflow_id(&c.limit, c.rule, self.cfg.overflow_buckets_per_limit);
+        let o = locked.overflow.get_or_insert_with(|| self.overflow.lock());
+        let pos = o.map.find(id);
+        if pos.is_some() || self.overflow_live.load(Ordering::Relaxed) < self.cfg.max_overflow_keys
+        {
+            (Placement::Shared, id, pos)
+        } else {
+            (Placement::Refused, id, None)
+        }
+    }
+
+    /// Apply one charge of a decided request: taken when it fits and the request is
+    /// `admitted`, else only its demand is recorded; a read (0 hits) changes nothing.
+    fn take(&self, locked: &mut Locked<'_>, c: &Charge, p: &Place, admitted: bool) -> Verdict {
+        let now = locked.now;
+        // A key created earlier in the request may have been this one (the same key twice),
+        // or may have grown its table and moved every entry: positions are looked up again.
+        let (created, mode) = (locked.created, locked.mode);
+        let (shard, mode) = match p.placement {
+            Placement::Refused => {
+                self.refused_total.fetch_add(1, Ordering::Relaxed);
+                return Verdict {
+                    within: false,
+                    charged: false,
+                    outcome: BucketState::new(generation_at(now)).peek(&c.limit, now),
+                    placement: p.placement,
+                };
+            }
+            Placement::Own => (locked.shard(p.lock), mode),
+            Placement::Shared => {
+                self.shared_total.fetch_add(1, Ordering::Relaxed);
+                let o = locked.overflow().expect("locked when placed");
+                (o, Mode::Shared)
+            }
+        };
+        let pos = if created { shard.map.find(p.id) } else { p.pos };
+        let mut made = false;
+        let outcome = if c.hits == 0 {
+            shard.read(p.id, pos, &c.limit, mode, now, p.fit)
+        } else {
+            let pos = match pos {
+                Some(pos) => pos,
+                None => {
+                    made = true;
+                    self.create(shard, c, p, mode, now)
+                }
+            };
+            let ask = Ask {
+                limit: c.limit,
+                me: self.local,
+                hits: c.hits,
+                now,
+            };
+            self.charge_at(shard, p.id, pos, &ask, mode, p.fit && admitted)
+        };
+        locked.created |= made;
+        Verdict {
+            within: p.fit,
+            charged: c.hits > 0 && outcome.allowed,
+            outcome: Outcome {
+                allowed: p.fit,
+                ..outcome
+            },
+            placement: p.placement,
+        }
+    }
+
+    /// Create the entry of a charge that has none, counted in its table's live keys (and, for
+    /// a key of its own, in its rule's budget).
+    fn create(&self, shard: &mut Shard, c: &Charge, p: &Place, mode: Mode, now: i64) -> Pos {
+        let counter = match p.placement {
+            Placement::Own => {
+                self.budgets.added(p.budget);
+                &self.live
+            }
+            _ => &self.overflow_live,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let mut state = BucketState::new(generation_at(now));
+        mode.created(&mut state, &c.limit, now);
+        shard.map.insert(
+            p.id,
+            Entry {
+                state,
+                limit: c.limit,
+                version: 0,
+                budget: p.budget,
+            },
+        )
+    }
+
+    /// Charge the entry at `pos` under `mode` (taken when `permit`), and note the change: in
+    /// the dirty list for replication, and for the burst guard this node's counts before it,
+    /// unless older unacknowledged counts are already noted.
+    fn charge_at(
+        &self,
+        shard: &mut Shard,
+        id: u128,
+        pos: Pos,
+        ask: &Ask,
+        mode: Mode,
+        permit: bool,
+    ) -> Outcome {
+        let mut share = shard.share(id, mode);
+        let entry = shard.map.at_mut(pos);
+        // Read only when the guard is on: two slot scans a charge otherwise spent for nothing.
+        let before = mode.guard().map(|_| {
+            (
+                entry.state.consumed_by(self.local),
+                entry.state.requested_by(self.local),
+            )
+        });
+        let outcome = mode.charge(
+            ask,
+            &mut entry.state,
+            &mut share,
+            self.debt_cap(&ask.limit),
+            permit,
+        );
+        if entry.touch(self.cfg.track_dirty) {
+            shard.dirty.push(id);
+        }
+        if let Some(s) = share {
+            shard.fair.insert(Packed::of(id), s);
+        }
+        if let Some(before) = before {
+            if let std::collections::hash_map::Entry::Vacant(v) = shard.acked.entry(Packed::of(id))
+            {
+                v.insert(before);
+                self.unacked.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        outcome
     }
 
     /// Delete keys that have been full for the GC horizon; returns how many were deleted.
@@ -852,14 +976,4 @@ impl Store {
     pub fn refused_total(&self) -> u64 {
         self.refused_total.load(Ordering::Relaxed)
     }
-}
-
-fn shard_guard<'a, 'g>(
-    guards: &'a mut [(usize, MutexGuard<'g, Shard>)],
-    shard: usize,
-) -> &'a mut Shard {
-    let i = guards
-        .binary_search_by_key(&shard, |(s, _)| *s)
-        .expect("every charge's shard is locked");
-    &mut guards[i].1
 }

@@ -7,6 +7,19 @@ use crate::unit::Unit;
 const T0: i64 = 1_700_000_000_000_000_000;
 const SEC: i64 = 1_000_000_000;
 
+/// The burst guard of a 3-member cluster whose acknowledgements take 60 ms.
+fn guarded() -> Mode {
+    Mode::new(
+        None,
+        BurstGuard::new(3, std::time::Duration::from_millis(60)),
+    )
+}
+
+/// Fair-share mode among `members`, without the guard.
+fn fair_share(members: u32) -> Mode {
+    Mode::new(Some(members), None)
+}
+
 fn store() -> Store {
     Store::new(StoreConfig::default(), ReplicaId(0))
 }
@@ -34,8 +47,12 @@ fn a_request_over_one_limit_charges_none_of_its_buckets() {
     let s = store();
     let roomy = per_second(100);
     let tight = per_second(1);
-    assert!(s.decide(&[charge("tight", tight, 1)], T0)[0].charged);
-    let v = s.decide(&[charge("roomy", roomy, 1), charge("tight", tight, 1)], T0);
+    assert!(s.decide(&[charge("tight", tight, 1)], s.mode(), T0)[0].charged);
+    let v = s.decide(
+        &[charge("roomy", roomy, 1), charge("tight", tight, 1)],
+        s.mode(),
+        T0,
+    );
     assert!(
         v[0].within && !v[0].charged,
         "roomy had room but must not be charged"
@@ -52,6 +69,7 @@ fn a_request_within_all_limits_charges_every_bucket() {
     let s = store();
     let v = s.decide(
         &[charge("a", per_second(5), 2), charge("b", per_second(5), 3)],
+        s.mode(),
         T0,
     );
     assert!(v.iter().all(|v| v.charged));
@@ -63,7 +81,7 @@ fn a_request_within_all_limits_charges_every_bucket() {
 fn the_same_bucket_twice_in_one_request_is_checked_against_the_sum() {
     let s = store();
     let l = per_second(3);
-    let v = s.decide(&[charge("k", l, 2), charge("k", l, 2)], T0);
+    let v = s.decide(&[charge("k", l, 2), charge("k", l, 2)], s.mode(), T0);
     assert!(v[0].within);
     assert!(!v[1].within, "2 + 2 > 3");
     assert!(!v[0].charged && !v[1].charged);
@@ -73,10 +91,10 @@ fn the_same_bucket_twice_in_one_request_is_checked_against_the_sum() {
 fn a_shadow_charge_over_its_limit_does_not_block_the_request() {
     let s = store();
     let l = per_second(1);
-    s.decide(&[charge("shadow", l, 1)], T0);
+    s.decide(&[charge("shadow", l, 1)], s.mode(), T0);
     let mut shadow = charge("shadow", l, 1);
     shadow.enforce = false;
-    let v = s.decide(&[charge("real", per_second(10), 1), shadow], T0);
+    let v = s.decide(&[charge("real", per_second(10), 1), shadow], s.mode(), T0);
     assert!(v[0].charged);
     assert!(!v[1].within && !v[1].charged);
 }
@@ -84,7 +102,7 @@ fn a_shadow_charge_over_its_limit_does_not_block_the_request() {
 #[test]
 fn a_query_neither_creates_nor_charges_a_key() {
     let s = store();
-    let v = s.decide(&[charge("q", per_second(4), 0)], T0);
+    let v = s.decide(&[charge("q", per_second(4), 0)], s.mode(), T0);
     assert!(v[0].within);
     assert_eq!(v[0].outcome.remaining, 4);
     assert_eq!(s.live_keys(), 0);
@@ -101,16 +119,16 @@ fn new_keys_beyond_the_cap_share_overflow_buckets_and_are_never_unlimited() {
         ReplicaId(0),
     );
     let l = per_second(2);
-    s.decide(&[charge("a", l, 1)], T0);
-    s.decide(&[charge("b", l, 1)], T0);
+    s.decide(&[charge("a", l, 1)], s.mode(), T0);
+    s.decide(&[charge("b", l, 1)], s.mode(), T0);
     assert_eq!(s.live_keys(), 2);
     // c and d are new, beyond the cap: they share one overflow bucket of 2 tokens.
-    assert!(s.decide(&[charge("c", l, 1)], T0)[0].charged);
-    let v = s.decide(&[charge("d", l, 1)], T0);
+    assert!(s.decide(&[charge("c", l, 1)], s.mode(), T0)[0].charged);
+    let v = s.decide(&[charge("d", l, 1)], s.mode(), T0);
     assert_eq!(v[0].placement, Placement::Shared);
     assert!(v[0].charged);
     assert!(
-        !s.decide(&[charge("e", l, 1)], T0)[0].charged,
+        !s.decide(&[charge("e", l, 1)], s.mode(), T0)[0].charged,
         "shared bucket exhausted"
     );
     assert_eq!(s.live_keys(), 2, "memory stays bounded");
@@ -118,7 +136,7 @@ fn new_keys_beyond_the_cap_share_overflow_buckets_and_are_never_unlimited() {
     assert_eq!(s.shared_total(), 3);
     // Existing keys keep their own buckets.
     assert_eq!(
-        s.decide(&[charge("a", l, 1)], T0)[0].placement,
+        s.decide(&[charge("a", l, 1)], s.mode(), T0)[0].placement,
         Placement::Own
     );
 }
@@ -133,7 +151,7 @@ fn new_keys_are_refused_when_even_the_overflow_table_is_full() {
         },
         ReplicaId(0),
     );
-    let v = s.decide(&[charge("x", per_second(10), 1)], T0);
+    let v = s.decide(&[charge("x", per_second(10), 1)], s.mode(), T0);
     assert_eq!(v[0].placement, Placement::Refused);
     assert!(!v[0].within && !v[0].charged);
     assert_eq!(s.refused_total(), 1);
@@ -143,8 +161,8 @@ fn new_keys_are_refused_when_even_the_overflow_table_is_full() {
 fn gc_deletes_keys_full_for_the_horizon_and_only_those() {
     let s = store();
     let l = per_second(10);
-    s.decide(&[charge("idle", l, 10)], T0);
-    s.decide(&[charge("busy", l, 10)], T0 + 60 * SEC);
+    s.decide(&[charge("idle", l, 10)], s.mode(), T0);
+    s.decide(&[charge("busy", l, 10)], s.mode(), T0 + 60 * SEC);
     // "idle" is full at T0 + 1 s; the horizon is 60 s.
     assert_eq!(s.gc(T0 + 61 * SEC - 1), 0);
     assert_eq!(s.gc(T0 + 61 * SEC), 1);
@@ -158,7 +176,7 @@ fn gc_brings_memory_back_to_baseline() {
     let s = store();
     let l = per_second(10);
     for i in 0..10_000 {
-        s.decide(&[charge(&i.to_string(), l, 1)], T0);
+        s.decide(&[charge(&i.to_string(), l, 1)], s.mode(), T0);
     }
     assert_eq!(s.live_keys(), 10_000);
     assert_eq!(s.gc(T0 + 120 * SEC), 10_000);
@@ -172,7 +190,7 @@ fn gc_brings_memory_back_to_baseline() {
 fn a_late_full_state_does_not_resurrect_a_deleted_key() {
     let s = store();
     let l = per_second(10);
-    s.decide(&[charge("k", l, 10)], T0);
+    s.decide(&[charge("k", l, 10)], s.mode(), T0);
     let (_, old) = s.get(key("k")).expect("live");
     s.gc(T0 + 120 * SEC);
     assert_eq!(s.merge(key("k"), l, &old, T0 + 120 * SEC), Merged::Dropped);
@@ -183,11 +201,11 @@ fn a_late_full_state_does_not_resurrect_a_deleted_key() {
 fn a_recreated_key_has_a_higher_generation_and_wins_over_its_old_state() {
     let s = store();
     let l = per_second(10);
-    s.decide(&[charge("k", l, 10)], T0);
+    s.decide(&[charge("k", l, 10)], s.mode(), T0);
     let (_, old) = s.get(key("k")).expect("live");
     let later = T0 + 2 * GEN_PERIOD_NS + 120 * SEC;
     s.gc(later);
-    s.decide(&[charge("k", l, 1)], later);
+    s.decide(&[charge("k", l, 1)], s.mode(), later);
     let (_, fresh) = s.get(key("k")).expect("recreated");
     assert!(fresh.gen() > old.gen());
     // The old state, still draining in a peer's view, cannot add its counts to the new key.
@@ -209,7 +227,7 @@ fn merging_a_peer_state_charges_its_consumption() {
 #[test]
 fn changed_keys_are_tracked_for_replication_only_when_asked() {
     let quiet = store();
-    quiet.decide(&[charge("a", per_second(5), 1)], T0);
+    quiet.decide(&[charge("a", per_second(5), 1)], quiet.mode(), T0);
     let mut out = Vec::new();
     quiet.drain_dirty(&mut out);
     assert!(out.is_empty());
@@ -222,9 +240,9 @@ fn changed_keys_are_tracked_for_replication_only_when_asked() {
         ReplicaId(0),
     );
     for _ in 0..3 {
-        tracked.decide(&[charge("a", per_second(5), 1)], T0);
+        tracked.decide(&[charge("a", per_second(5), 1)], tracked.mode(), T0);
     }
-    tracked.decide(&[charge("b", per_second(5), 1)], T0);
+    tracked.decide(&[charge("b", per_second(5), 1)], tracked.mode(), T0);
     tracked.drain_dirty(&mut out);
     out.sort();
     let mut want = vec![key("a"), key("b")];
@@ -243,12 +261,12 @@ fn a_request_that_read_the_clock_before_a_later_one_forgives_nothing() {
     let s = store();
     let l = Limit::new(100, 1_000, Unit::Second).expect("valid");
     let t2 = T0 + 1_000_000_000;
-    let drained = s.decide(&[charge("hot", l, 100)], t2);
+    let drained = s.decide(&[charge("hot", l, 100)], s.mode(), t2);
     assert!(drained[0].charged);
-    let stale = s.decide(&[charge("hot", l, 1)], t2 - 150_000_000);
+    let stale = s.decide(&[charge("hot", l, 1)], s.mode(), t2 - 150_000_000);
     assert!(!stale[0].charged, "nothing is left at any time up to t2");
     let again = (0..100)
-        .filter(|_| s.decide(&[charge("hot", l, 1)], t2)[0].charged)
+        .filter(|_| s.decide(&[charge("hot", l, 1)], s.mode(), t2)[0].charged)
         .count();
     assert_eq!(again, 0, "no token came back at t2");
 }
@@ -268,7 +286,7 @@ fn many_threads_on_one_key_never_admit_more_than_capacity_plus_refill() {
                     // Time advances 1 µs per request across all threads: 1000/s refill means
                     // one token every 1000 requests.
                     let now = clock.fetch_add(1_000, Ordering::SeqCst) + 1_000;
-                    if s.decide(&[charge("hot", l, 1)], now)[0].charged {
+                    if s.decide(&[charge("hot", l, 1)], s.mode(), now)[0].charged {
                         admitted += 1;
                     }
                 }
@@ -310,7 +328,7 @@ fn versions_count_changes_and_keep_the_dirty_bit_apart() {
         ReplicaId(0),
     );
     for _ in 0..3 {
-        s.decide(&[charge("v", per_second(5), 1)], T0);
+        s.decide(&[charge("v", per_second(5), 1)], s.mode(), T0);
     }
     assert_eq!(s.version(key("v")), Some(3));
     let mut out = Vec::new();
@@ -335,7 +353,7 @@ fn per_hour(n: u32) -> Limit {
 /// Take single tokens until refused; returns how many were admitted.
 fn take_all(s: &Store, k: &str, limit: Limit, now: i64) -> u64 {
     let mut n = 0;
-    while s.decide(&[charge(k, limit, 1)], now)[0].charged {
+    while s.decide(&[charge(k, limit, 1)], s.mode(), now)[0].charged {
         n += 1;
         assert!(n <= 10_000, "never refuses");
     }
@@ -346,7 +364,7 @@ fn take_all(s: &Store, k: &str, limit: Limit, now: i64) -> u64 {
 fn the_burst_guard_holds_a_cold_burst_to_one_share_until_peers_acknowledge() {
     let s = tracked();
     let l = per_hour(300);
-    s.set_burst_guard(3, std::time::Duration::from_millis(60));
+    s.set_mode(guarded(), T0);
     // A cold key: one third of the bucket may be in flight, not all of it.
     assert_eq!(take_all(&s, "cold", l, T0), 100);
     assert_eq!(s.unacked_keys(), 1);
@@ -364,7 +382,7 @@ fn the_burst_guard_holds_a_cold_burst_to_one_share_until_peers_acknowledge() {
 fn a_drained_key_says_whether_this_node_changed_it_or_only_a_merge_did() {
     let s = tracked();
     let l = per_hour(300);
-    assert!(s.decide(&[charge("mine", l, 1)], T0)[0].charged);
+    assert!(s.decide(&[charge("mine", l, 1)], s.mode(), T0)[0].charged);
     // A peer's admissions: a state that does not read as a full bucket (that would be dropped).
     let mut theirs = BucketState::new(crate::bucket::generation_at(T0));
     theirs.admit(&l, ReplicaId(1), 5, T0, 300);
@@ -405,10 +423,10 @@ fn without_the_guard_a_single_node_spends_the_whole_bucket_at_once() {
 fn the_guard_always_lets_one_request_through_when_nothing_is_in_flight() {
     let s = tracked();
     let l = per_hour(300);
-    s.set_burst_guard(3, std::time::Duration::from_millis(60));
+    s.set_mode(guarded(), T0);
     // 200 tokens in one request is more than a share, but nothing is unacknowledged.
-    assert!(s.decide(&[charge("big", l, 200)], T0)[0].charged);
-    assert!(!s.decide(&[charge("big", l, 1)], T0)[0].charged);
+    assert!(s.decide(&[charge("big", l, 200)], s.mode(), T0)[0].charged);
+    assert!(!s.decide(&[charge("big", l, 1)], s.mode(), T0)[0].charged);
 }
 
 #[test]
@@ -416,13 +434,15 @@ fn fair_share_mode_decides_on_a_share_and_never_writes_the_refill_floor() {
     let s = tracked();
     let l = per_hour(300);
     assert_eq!(
-        s.decide(&[charge("k", l, 60)], T0)[0].outcome.remaining,
+        s.decide(&[charge("k", l, 60)], s.mode(), T0)[0]
+            .outcome
+            .remaining,
         240
     );
     let (_, before) = s.get(key("k")).expect("live");
-    s.set_fair_share(Some(3), T0);
+    s.set_mode(fair_share(3), T0);
     // 240 left in the view: 80 for this node.
-    let v = s.decide(&[charge("k", l, 0)], T0);
+    let v = s.decide(&[charge("k", l, 0)], s.mode(), T0);
     assert_eq!(v[0].outcome.remaining, 80);
     assert_eq!(take_all(&s, "k", l, T0), 80);
     let (_, after) = s.get(key("k")).expect("live");
@@ -437,16 +457,21 @@ fn fair_share_mode_decides_on_a_share_and_never_writes_the_refill_floor() {
     let mut theirs = BucketState::new(after.gen());
     theirs.record(ReplicaId(1), 50, true);
     s.merge(key("k"), l, &theirs, T0);
-    assert!(s.decide(&[charge("k", l, 0)], T0)[0].outcome.remaining == 0);
+    assert!(
+        s.decide(&[charge("k", l, 0)], s.mode(), T0)[0]
+            .outcome
+            .remaining
+            == 0
+    );
     // Back to the shared bucket: it holds what the view says.
-    s.set_fair_share(None, T0);
+    s.set_mode(Mode::Shared, T0);
     assert_eq!(take_all(&s, "k", l, T0), 110);
 }
 
 #[test]
 fn a_fresh_key_in_fair_share_mode_gets_one_share_of_the_capacity() {
     let s = tracked();
-    s.set_fair_share(Some(4), T0);
+    s.set_mode(fair_share(4), T0);
     assert_eq!(take_all(&s, "fresh", per_hour(100), T0), 25);
     // The share refills at a quarter of the rate: 100/h is one token per 36 s, so 144 s.
     assert_eq!(take_all(&s, "fresh", per_hour(100), T0 + 143 * SEC), 0);
@@ -457,7 +482,7 @@ fn a_fresh_key_in_fair_share_mode_gets_one_share_of_the_capacity() {
 fn a_new_key_charged_twice_in_one_request_is_created_once_and_charged_twice() {
     let s = store();
     let l = per_second(5);
-    let v = s.decide(&[charge("new", l, 2), charge("new", l, 1)], T0);
+    let v = s.decide(&[charge("new", l, 2), charge("new", l, 1)], s.mode(), T0);
     assert!(v[0].charged && v[1].charged);
     assert_eq!(v[1].outcome.remaining, 2);
     assert_eq!(s.live_keys(), 1);
@@ -467,7 +492,7 @@ fn a_new_key_charged_twice_in_one_request_is_created_once_and_charged_twice() {
 fn a_read_after_a_charge_in_one_request_sees_the_key_it_created() {
     let s = store();
     let l = per_second(5);
-    let v = s.decide(&[charge("new", l, 2), charge("new", l, 0)], T0);
+    let v = s.decide(&[charge("new", l, 2), charge("new", l, 0)], s.mode(), T0);
     assert_eq!(v[1].outcome.remaining, 3);
 }
 
@@ -484,7 +509,11 @@ fn a_request_that_grows_its_table_still_charges_its_other_keys() {
     // Each request creates a key (now and then growing the table, which moves every entry)
     // before it charges the same old key.
     for i in 0..200 {
-        let v = s.decide(&[charge(&format!("new{i}"), l, 1), charge("old", l, 1)], T0);
+        let v = s.decide(
+            &[charge(&format!("new{i}"), l, 1), charge("old", l, 1)],
+            s.mode(),
+            T0,
+        );
         assert!(v[0].charged && v[1].charged, "{i}");
         assert_eq!(v[1].outcome.remaining, 999 - i, "{i}");
     }
@@ -499,7 +528,7 @@ fn a_request_that_grows_its_table_still_charges_its_other_keys() {
 fn a_key_created_in_fair_share_mode_keeps_its_admissions_through_gc_and_replication() {
     let s = tracked();
     let l = per_hour(10);
-    s.set_fair_share(Some(2), T0);
+    s.set_mode(fair_share(2), T0);
     assert_eq!(take_all(&s, "new", l, T0), 5);
     // Not idle: GC keeps it, and a peer with no such key takes the state instead of dropping
     // it as a full bucket.
@@ -524,8 +553,8 @@ fn gc_keeps_a_key_whose_fair_share_is_in_use_while_the_shared_view_reads_full() 
         ReplicaId(0),
     );
     let l = per_second(10);
-    assert!(s.decide(&[charge("k", l, 1)], T0)[0].charged);
-    s.set_fair_share(Some(4), T0);
+    assert!(s.decide(&[charge("k", l, 1)], s.mode(), T0)[0].charged);
+    s.set_mode(fair_share(4), T0);
     // Ten minutes on a quarter of the rate: the share is spent as fast as it refills, while
     // the shared floor stays where the mode began and the view reads full.
     let mut t = T0;
@@ -537,7 +566,7 @@ fn gc_keeps_a_key_whose_fair_share_is_in_use_while_the_shared_view_reads_full() 
     assert!(state.is_idle(&l, t, 60 * SEC), "the view reads long full");
     assert_eq!(s.gc(t), 0, "but the share is in use");
     assert!(
-        !s.decide(&[charge("k", l, 3)], t)[0].charged,
+        !s.decide(&[charge("k", l, 3)], s.mode(), t)[0].charged,
         "share still spent"
     );
 }
@@ -545,12 +574,47 @@ fn gc_keeps_a_key_whose_fair_share_is_in_use_while_the_shared_view_reads_full() 
 #[test]
 fn keys_collected_by_gc_leave_the_burst_guard_count() {
     let s = tracked();
-    s.set_burst_guard(3, std::time::Duration::from_millis(60));
+    s.set_mode(guarded(), T0);
     for k in ["a", "b"] {
-        assert!(s.decide(&[charge(k, per_hour(300), 1)], T0)[0].charged);
+        assert!(s.decide(&[charge(k, per_hour(300), 1)], s.mode(), T0)[0].charged);
     }
     assert_eq!(s.unacked_keys(), 2);
     // Full again after 12 s, then idle for the 60 s horizon.
     assert_eq!(s.gc(T0 + 120 * SEC), 2);
     assert_eq!(s.unacked_keys(), 0);
+}
+
+#[test]
+fn a_request_is_decided_under_the_mode_it_was_handed() {
+    let s = tracked();
+    let l = per_hour(300);
+    s.set_mode(fair_share(3), T0);
+    // Read before the switch: the shared bucket, not the share of 100.
+    assert!(s.decide(&[charge("k", l, 150)], Mode::Shared, T0)[0].charged);
+    // Under the store's mode now: a third of the 150 the view holds.
+    assert_eq!(take_all(&s, "k", l, T0), 50);
+}
+
+#[test]
+fn setting_the_same_fair_share_again_keeps_the_spent_shares() {
+    let s = tracked();
+    let l = per_hour(300);
+    s.set_mode(fair_share(3), T0);
+    assert_eq!(take_all(&s, "k", l, T0), 100);
+    // Replication sets the mode on every tick: only a change of members starts new shares.
+    s.set_mode(
+        Mode::new(
+            Some(3),
+            BurstGuard::new(3, std::time::Duration::from_millis(60)),
+        ),
+        T0,
+    );
+    assert_eq!(s.mode().guard().map(|g| g.members()), Some(3));
+    assert_eq!(take_all(&s, "k", l, T0), 0);
+    s.set_mode(fair_share(2), T0);
+    assert_eq!(
+        take_all(&s, "k", l, T0),
+        100,
+        "half of the 200 the view holds"
+    );
 }

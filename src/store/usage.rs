@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::table::{Packed, Table};
 use super::{Entry, KeyId, Placement, Store, Verdict};
-use crate::bucket::{generation_at, BucketState, FairShare, Limit, Outcome};
+use crate::bucket::{generation_at, Ask, BucketState, Limit, Mode, Outcome};
 
 /// The key's entry, created (and counted) if absent; `true` when it was created.
 fn entry_for<'a>(
@@ -46,12 +46,19 @@ fn entry_for<'a>(
 impl Store {
     /// Charge `hits` tokens of usage reported after the fact: always charged, into debt if the
     /// bucket does not hold them (at most one capacity of debt). `within` says whether they were
-    /// there; `charged` is true unless the key could not be stored at all.
-    pub fn charge_with_debt(&self, key: KeyId, limit: Limit, hits: u64, now: i64) -> Verdict {
+    /// there; `charged` is true unless the key could not be stored at all. `mode`: the
+    /// cluster's mode as the request read it ([`Store::mode`]).
+    pub fn charge_with_debt(
+        &self,
+        key: KeyId,
+        limit: Limit,
+        hits: u64,
+        mode: Mode,
+        now: i64,
+    ) -> Verdict {
         if hits == 0 {
-            return self.precheck(key, limit, now);
+            return self.precheck(key, limit, mode, now);
         }
-        let mode = self.mode();
         let cap = limit.capacity() as u64;
         let mut g = self.shards[self.shard_of(key)].0.lock();
         let shard = &mut *g;
@@ -66,35 +73,35 @@ impl Store {
         if created {
             self.budgets.added(0);
         }
-        let outcome = if mode.fair > 0 {
-            if created {
-                entry.state.open_at(&limit, now);
-            }
-            let share = shard
-                .fair
-                .entry(Packed::of(key.0))
-                .or_insert_with(|| FairShare::start(&entry.state, &limit, now));
-            let fits = share.check(&limit, hits, now, mode.fair);
-            share.take(&limit, hits, now, mode.fair);
-            entry.state.record(self.local, hits, true);
-            share.outcome(&limit, now, mode.fair, fits)
-        } else {
-            let before = (
-                entry.state.consumed_by(self.local),
-                entry.state.requested_by(self.local),
-            );
-            if mode.guard > 0 {
-                if let std::collections::hash_map::Entry::Vacant(v) =
-                    shard.acked.entry(Packed::of(key.0))
-                {
-                    v.insert(before);
-                    self.unacked.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            entry
-                .state
-                .charge_into_debt(&limit, self.local, hits, now, cap)
+        if created {
+            mode.created(&mut entry.state, &limit, now);
+        }
+        let ask = Ask {
+            limit,
+            me: self.local,
+            hits,
+            now,
         };
+        let mut share = mode
+            .fair_share()
+            .and_then(|_| shard.fair.get(&Packed::of(key.0)).copied());
+        // The guard does not hold usage back, but learns of its counts (not in fair-share
+        // mode: there the share decides and the counts are only recorded).
+        if let (Some(_), None) = (mode.guard(), mode.fair_share()) {
+            if let std::collections::hash_map::Entry::Vacant(v) =
+                shard.acked.entry(Packed::of(key.0))
+            {
+                v.insert((
+                    entry.state.consumed_by(self.local),
+                    entry.state.requested_by(self.local),
+                ));
+                self.unacked.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let outcome = mode.charge_usage(&ask, &mut entry.state, &mut share, cap);
+        if let Some(s) = share {
+            shard.fair.insert(Packed::of(key.0), s);
+        }
         if entry.touch(self.cfg.track_dirty) {
             shard.dirty.push(key.0);
         }
@@ -144,22 +151,14 @@ impl Store {
     /// left, so an empty bucket or one in debt refuses the next call. Creates nothing. A key
     /// absent while the store is at `max_keys` reads its shared overflow bucket, where its
     /// usage went.
-    pub fn precheck(&self, key: KeyId, limit: Limit, now: i64) -> Verdict {
-        let mode = self.mode();
+    pub fn precheck(&self, key: KeyId, limit: Limit, mode: Mode, now: i64) -> Verdict {
         let fresh = BucketState::new(generation_at(now));
         let g = self.shards[self.shard_of(key)].0.lock();
         if let Some(e) = g.map.get(key.0) {
-            let outcome = if mode.fair > 0 {
-                let share = g
-                    .fair
-                    .get(&Packed::of(key.0))
-                    .copied()
-                    .unwrap_or_else(|| FairShare::start(&e.state, &limit, now));
-                let ok = share.check(&limit, 1, now, mode.fair);
-                share.outcome(&limit, now, mode.fair, ok)
-            } else {
-                e.state.precheck(&limit, now)
-            };
+            let share = mode
+                .fair_share()
+                .and_then(|_| g.fair.get(&Packed::of(key.0)).copied());
+            let outcome = mode.precheck(&e.state, share, &limit, now);
             return verdict_of_read(outcome, Placement::Own);
         }
         drop(g);

@@ -4,6 +4,19 @@ use crate::unit::Unit;
 const T0: i64 = 1_700_000_000_000_000_000;
 const SEC: i64 = 1_000_000_000;
 
+/// The burst guard of a 3-member cluster whose acknowledgements take 60 ms.
+fn guarded() -> Mode {
+    Mode::new(
+        None,
+        BurstGuard::new(3, std::time::Duration::from_millis(60)),
+    )
+}
+
+/// Fair-share mode among `members`, without the guard.
+fn fair_share(members: u32) -> Mode {
+    Mode::new(Some(members), None)
+}
+
 fn key(s: &str) -> KeyId {
     KeyBuilder::new("test").str(s).finish()
 }
@@ -27,10 +40,13 @@ fn tracked(max_keys: usize) -> Store {
 /// Pre-check, then report 300 tokens, until a pre-check refuses; returns the calls started.
 fn calls_started(s: &Store, k: &str, now: i64) -> u32 {
     let mut started = 0;
-    while s.precheck(key(k), budget(), now).within {
+    while s.precheck(key(k), budget(), s.mode(), now).within {
         started += 1;
         assert!(started <= 100, "never refuses");
-        assert!(s.charge_with_debt(key(k), budget(), 300, now).charged);
+        assert!(
+            s.charge_with_debt(key(k), budget(), 300, s.mode(), now)
+                .charged
+        );
     }
     started
 }
@@ -43,7 +59,7 @@ fn usage_beyond_what_is_left_is_charged_and_the_next_precheck_refuses() {
         4,
         "the fourth starts with 100 left"
     );
-    let v = s.precheck(key("user"), budget(), T0);
+    let v = s.precheck(key("user"), budget(), s.mode(), T0);
     assert!(!v.within && !v.charged);
     assert_eq!(v.outcome.remaining, 0);
     assert_eq!(
@@ -55,10 +71,10 @@ fn usage_beyond_what_is_left_is_charged_and_the_next_precheck_refuses() {
 #[test]
 fn a_usage_charge_reports_whether_the_tokens_were_there() {
     let s = tracked(1_000);
-    let v = s.charge_with_debt(key("u"), budget(), 800, T0);
+    let v = s.charge_with_debt(key("u"), budget(), 800, s.mode(), T0);
     assert!(v.within && v.charged);
     assert_eq!(v.outcome.remaining, 200);
-    let v = s.charge_with_debt(key("u"), budget(), 800, T0);
+    let v = s.charge_with_debt(key("u"), budget(), 800, s.mode(), T0);
     assert!(!v.within && v.charged, "charged anyway");
     assert_eq!(v.outcome.remaining, 0);
 }
@@ -66,20 +82,26 @@ fn a_usage_charge_reports_whether_the_tokens_were_there() {
 #[test]
 fn the_debt_of_one_report_stops_at_one_capacity() {
     let s = tracked(1_000);
-    s.charge_with_debt(key("u"), budget(), 50_000, T0);
+    s.charge_with_debt(key("u"), budget(), 50_000, s.mode(), T0);
     assert_eq!(
         s.get(key("u")).map(|(l, st)| st.tokens(&l, T0)),
         Some(-1_000)
     );
     // (1,000 + 1) tokens at 1,000 per minute: 60.06 s.
-    assert!(!s.precheck(key("u"), budget(), T0 + 60_059_999_999).within);
-    assert!(s.precheck(key("u"), budget(), T0 + 60_060_000_000).within);
+    assert!(
+        !s.precheck(key("u"), budget(), s.mode(), T0 + 60_059_999_999)
+            .within
+    );
+    assert!(
+        s.precheck(key("u"), budget(), s.mode(), T0 + 60_060_000_000)
+            .within
+    );
 }
 
 #[test]
 fn a_precheck_creates_no_key() {
     let s = tracked(1_000);
-    assert!(s.precheck(key("q"), budget(), T0).within);
+    assert!(s.precheck(key("q"), budget(), s.mode(), T0).within);
     assert_eq!(s.live_keys(), 0);
 }
 
@@ -88,15 +110,21 @@ fn a_refund_gives_tokens_back_up_to_the_capacity_and_replicates() {
     let s = tracked(1_000);
     let l = Limit::new(3, 3, Unit::Hour).expect("valid");
     for _ in 0..3 {
-        assert!(s.charge_with_debt(key("streams"), l, 1, T0).within);
+        assert!(
+            s.charge_with_debt(key("streams"), l, 1, s.mode(), T0)
+                .within
+        );
     }
-    assert!(!s.precheck(key("streams"), l, T0).within, "three in flight");
+    assert!(
+        !s.precheck(key("streams"), l, s.mode(), T0).within,
+        "three in flight"
+    );
     let mut out = Vec::new();
     s.drain_dirty(&mut out);
     let v = s.refund(key("streams"), l, 1, T0);
     assert!(v.charged);
     assert_eq!(v.outcome.remaining, 1);
-    assert!(s.precheck(key("streams"), l, T0).within);
+    assert!(s.precheck(key("streams"), l, s.mode(), T0).within);
     s.drain_dirty(&mut out);
     assert_eq!(out, vec![key("streams"), key("streams")], "dirty again");
     let v = s.refund(key("streams"), l, 10, T0);
@@ -127,11 +155,11 @@ fn usage_reported_to_one_node_is_enforced_by_another_after_the_merge() {
         ReplicaId(1),
     );
     for _ in 0..4 {
-        a.charge_with_debt(key("user"), budget(), 300, T0);
+        a.charge_with_debt(key("user"), budget(), 300, a.mode(), T0);
     }
     let (l, state) = a.get(key("user")).expect("live");
     assert!(b.merge(key("user"), l, &state, T0).changed());
-    assert!(!b.precheck(key("user"), budget(), T0).within);
+    assert!(!b.precheck(key("user"), budget(), b.mode(), T0).within);
     // A refund on b comes back to a as a counter a did not have.
     b.refund(key("user"), budget(), 300, T0);
     let (_, back) = b.get(key("user")).expect("live");
@@ -148,29 +176,41 @@ fn usage_for_a_new_key_beyond_the_cap_goes_to_the_shared_bucket_and_is_prechecke
     assert_eq!(calls_started(&s, "late", T0), 4);
     assert_eq!(s.live_keys(), 0, "memory stays bounded");
     assert_eq!(s.overflow_keys(), 1);
-    let v = s.precheck(key("late"), budget(), T0);
+    let v = s.precheck(key("late"), budget(), s.mode(), T0);
     assert_eq!(v.placement, Placement::Shared);
     assert!(!v.within);
-    assert!(s.precheck(key("late"), budget(), T0 + 20 * SEC).within);
+    assert!(
+        s.precheck(key("late"), budget(), s.mode(), T0 + 20 * SEC)
+            .within
+    );
 }
 
 #[test]
 fn usage_passes_the_burst_guard_but_the_guard_learns_it() {
     let s = tracked(1_000);
-    s.set_burst_guard(3, std::time::Duration::from_millis(60));
-    assert!(s.charge_with_debt(key("g"), budget(), 900, T0).charged);
+    s.set_mode(guarded(), T0);
+    assert!(
+        s.charge_with_debt(key("g"), budget(), 900, s.mode(), T0)
+            .charged
+    );
     assert_eq!(s.unacked_keys(), 1);
 }
 
 #[test]
 fn in_fair_share_mode_usage_is_charged_to_the_local_share() {
     let s = tracked(1_000);
-    s.set_fair_share(Some(4), T0);
+    s.set_mode(fair_share(4), T0);
     // A share of 250: the first report fits, the second goes past it.
-    assert!(s.charge_with_debt(key("f"), budget(), 200, T0).within);
-    assert!(s.precheck(key("f"), budget(), T0).within);
-    assert!(!s.charge_with_debt(key("f"), budget(), 200, T0).within);
-    assert!(!s.precheck(key("f"), budget(), T0).within);
+    assert!(
+        s.charge_with_debt(key("f"), budget(), 200, s.mode(), T0)
+            .within
+    );
+    assert!(s.precheck(key("f"), budget(), s.mode(), T0).within);
+    assert!(
+        !s.charge_with_debt(key("f"), budget(), 200, s.mode(), T0)
+            .within
+    );
+    assert!(!s.precheck(key("f"), budget(), s.mode(), T0).within);
     let (_, st) = s.get(key("f")).expect("live");
     assert_eq!(
         st.consumed_by(ReplicaId(0)),
