@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use metrics::Counter;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -180,48 +181,82 @@ async fn receive(
         };
         frames.increment(1);
         bytes.increment(prost::Message::encoded_len(&f) as u64);
-        let reply = match f.kind {
-            Some(Kind::Delta(d)) => {
-                if shared.clock_health.is_quarantined(&node) {
-                    shared.metrics.refused("quarantined");
-                    let _ = tx
-                        .send(Err(Status::failed_precondition(format!(
-                            "node {node} is quarantined: its clock is too far from this node's"
-                        ))))
-                        .await;
+        let peer = Peer {
+            shared: &shared,
+            node: &node,
+            sender: &sender,
+            stream,
+        };
+        match peer.take(f.kind, &keys_in) {
+            Ok(Some(reply)) => {
+                if tx.send(Ok(frame(reply))).await.is_err() {
                     return;
                 }
-                let decoded = match decode_delta(&d, &shared.replicas) {
-                    Ok(k) => k,
-                    Err(e) => {
-                        close_malformed(&shared, &node, &tx, e).await;
-                        return;
-                    }
-                };
+            }
+            Ok(None) => {}
+            Err(Refusal::Quarantined) => {
+                shared.metrics.refused("quarantined");
+                let _ = tx
+                    .send(Err(Status::failed_precondition(format!(
+                        "node {node} is quarantined: its clock is too far from this node's"
+                    ))))
+                    .await;
+                return;
+            }
+            Err(Refusal::Malformed(e)) => {
+                close_malformed(&shared, &node, &tx, e).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Why a peer's stream is closed.
+enum Refusal {
+    Quarantined,
+    Malformed(FrameError),
+}
+
+/// The peer at the other end of one stream, as one frame is taken.
+struct Peer<'a> {
+    shared: &'a Shared,
+    node: &'a str,
+    sender: &'a Arc<str>,
+    stream: u64,
+}
+
+impl Peer<'_> {
+    /// Take one frame; returns the reply, if the frame gets one.
+    fn take(&self, kind: Option<Kind>, keys_in: &Counter) -> Result<Option<Kind>, Refusal> {
+        let shared = self.shared;
+        let node = self.node;
+        Ok(Some(match kind {
+            Some(Kind::Delta(d)) => {
+                if shared.clock_health.is_quarantined(node) {
+                    return Err(Refusal::Quarantined);
+                }
+                let decoded = decode_delta(&d, &shared.replicas).map_err(Refusal::Malformed)?;
                 keys_in.increment(decoded.len() as u64);
-                merge(&shared, &decoded, &sender);
+                merge(shared, &decoded, self.sender);
                 Kind::Ack(Ack { seq: d.seq })
             }
             Some(Kind::SnapshotEnd(e)) => {
-                shared.mark_caught_up(&node, stream);
+                shared.mark_caught_up(node, self.stream);
                 Kind::Ack(Ack { seq: e.seq })
             }
             Some(Kind::Leave(_)) => {
                 info!(peer = %node, "peer left the cluster (scaled down): no longer a member");
-                shared.departed.left(&node);
-                shared.membership.forget(&node);
-                continue;
+                shared.departed.left(node);
+                shared.membership.forget(node);
+                return Ok(None);
             }
             Some(Kind::Gossip(g)) => {
                 shared.membership.receive(g.data);
-                continue;
+                return Ok(None);
             }
             Some(Kind::Ping(p)) => {
                 if let Some(r) = p.receiving_from {
-                    if let Err(e) = take_report(&shared, &node, r) {
-                        close_malformed(&shared, &node, &tx, e).await;
-                        return;
-                    }
+                    take_report(shared, node, r).map_err(Refusal::Malformed)?;
                 }
                 Kind::Pong(Pong {
                     wall_ns: shared.now(),
@@ -229,23 +264,12 @@ async fn receive(
                 })
             }
             Some(other) => {
-                close_malformed(
-                    &shared,
-                    &node,
-                    &tx,
-                    FrameError::Unexpected(kind_name(&other)),
-                )
-                .await;
-                return;
+                return Err(Refusal::Malformed(FrameError::Unexpected(kind_name(
+                    &other,
+                ))))
             }
-            None => {
-                close_malformed(&shared, &node, &tx, FrameError::Empty).await;
-                return;
-            }
-        };
-        if tx.send(Ok(frame(reply))).await.is_err() {
-            return;
-        }
+            None => return Err(Refusal::Malformed(FrameError::Empty)),
+        }))
     }
 }
 
