@@ -164,13 +164,13 @@ pub(crate) fn decide<'r, 'a>(
     // Usage, pre-checks and refunds first (`after`): they apply whatever the other limits say,
     // and a short bucket among them rejects the request.
     // Most requests have only admissions: nothing to apply first, and no verdicts to merge.
-    let early = if limited(plans).all(|l| l.kind == Kind::Admit) {
+    let count = Counts::of(plans);
+    let early = if count.admissions_only {
         SmallVec::new()
     } else {
         let kinds = kinds_of(plans, resolved.charges.len());
         after::apply(store, &resolved.charges, &kinds, mode, now)
     };
-    let count = Counts::of(plans);
     // `requests_per_unit: 0` outside quota mode (or on every quota descriptor) rejects the
     // request whatever the buckets say: they are only read. So does a usage charge or
     // pre-check that found its bucket short (on an enforced descriptor outside quota mode).
@@ -253,6 +253,8 @@ struct Counts {
     quota_blocked: usize,
     /// An enforced descriptor outside quota mode admits nothing.
     blocked: bool,
+    /// Every limit is a plain admission: no usage, pre-check or refund to apply first.
+    admissions_only: bool,
 }
 
 impl Counts {
@@ -261,10 +263,12 @@ impl Counts {
             quota: 0,
             quota_blocked: 0,
             blocked: false,
+            admissions_only: true,
         };
         // Quota and shadow mode are the descriptor's, so all its limits share them.
         for ls in descriptors(plans) {
             let none = ls.iter().any(|l| l.charge.is_none());
+            c.admissions_only &= ls.iter().all(|l| l.kind == Kind::Admit);
             if ls[0].quota {
                 c.quota += 1;
                 c.quota_blocked += usize::from(none);

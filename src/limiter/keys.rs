@@ -13,8 +13,8 @@ use crate::unit::Unit;
 /// The bucket of a configured rule: one per distinct descriptor, or one for all the values of a
 /// `share_threshold` rule.
 pub(crate) fn rule_key(domain: &str, rule: &Rule, d: &RateLimitDescriptor) -> KeyId {
-    let mut k = KeyBuilder::new(domain);
-    k.u64(rule.id);
+    let mut k = KeyBuilder::empty();
+    k.str(domain).u64(rule.id);
     if !rule.share_threshold {
         push_entries(&mut k, d);
     }
@@ -29,8 +29,9 @@ pub(crate) fn override_key(
     unit: Unit,
     d: &RateLimitDescriptor,
 ) -> KeyId {
-    let mut k = KeyBuilder::new(domain);
-    k.str("\0override")
+    let mut k = KeyBuilder::empty();
+    k.str(domain)
+        .str("\0override")
         .u64(u64::from(requests_per_unit))
         .u64(unit.nanos());
     push_entries(&mut k, d);

@@ -56,11 +56,20 @@ pub(crate) struct Resolved<'a> {
     pub unknown_domain: bool,
 }
 
-/// What one rule of a descriptor resolved to.
-enum RulePlan<'a> {
+/// What one rule of a descriptor resolved to (a limit goes straight into the plan).
+enum RuleKind {
     NoLimit,
-    Unlimited(&'a Rule),
-    Limited(Limited<'a>),
+    Unlimited,
+    Limited,
+}
+
+/// A descriptor matched by rules: its place in the request, the position of its first rule in
+/// the config's rules, and the hits it asks for.
+struct Descriptor<'a> {
+    index: usize,
+    d: &'a RateLimitDescriptor,
+    first: usize,
+    hits: u64,
 }
 
 /// What a descriptor matched, before `replaces` is applied.
@@ -127,20 +136,27 @@ pub(crate) fn resolve<'a>(
     };
     for (index, (d, m)) in req.descriptors.iter().zip(&matched).enumerate() {
         let hits = d.hits_addend.as_ref().map_or(request_hits, |h| h.value);
-        let plan = match *m {
-            Matched::Nothing => Plan::NoLimit,
+        // Each plan is pushed where it is built: at about 90 bytes, every move of one was a
+        // copy.
+        match *m {
+            Matched::Nothing => resolved.plans.push(Plan::NoLimit),
             Matched::Override(_) if d.is_negative_hits => {
                 return Err(RequestError::NegativeHits {
                     index,
                     on: "on a limit override".into(),
                 })
             }
-            Matched::Override(o) => r.override_plan(index, d, o, hits)?,
+            Matched::Override(o) => resolved.plans.push(r.override_plan(index, d, o, hits)?),
             Matched::Rules(first, rules) => {
-                r.rules_plan(index, d, first, rules, &replaced, hits)?
+                let descriptor = Descriptor {
+                    index,
+                    d,
+                    first,
+                    hits,
+                };
+                r.rules_plan(&descriptor, rules, &replaced, &mut resolved.plans)?
             }
-        };
-        resolved.plans.push(plan);
+        }
     }
     Ok(())
 }
@@ -188,18 +204,16 @@ impl<'a> Resolver<'a, '_> {
         }]))
     }
 
-    /// A descriptor matched by `rules` (one, or a `rate_limits` list), the first at position
-    /// `first` of the config's rules; those named in another matched rule's `replaces` are
-    /// dropped. A refund (`is_negative_hits`) is refused unless every one takes refunds.
+    /// The plan of a descriptor matched by `rules` (one, or a `rate_limits` list), pushed on
+    /// `plans`; rules named in another matched rule's `replaces` are dropped. A refund
+    /// (`is_negative_hits`) is refused unless every one takes refunds.
     fn rules_plan(
         &mut self,
-        index: usize,
-        d: &RateLimitDescriptor,
-        first: usize,
+        desc: &Descriptor<'a>,
         rules: &'a [Rule],
         replaced: &[&str],
-        hits: u64,
-    ) -> Result<Plan<'a>, RequestError> {
+        plans: &mut SmallVec<[Plan<'a>; 4]>,
+    ) -> Result<(), RequestError> {
         let kept = rules
             .iter()
             .enumerate()
@@ -207,33 +221,34 @@ impl<'a> Resolver<'a, '_> {
         let mut limits = SmallVec::new();
         let mut unlimited = None;
         for (j, rule) in kept {
-            if d.is_negative_hits && !rule.allow_refunds {
+            if desc.d.is_negative_hits && !rule.allow_refunds {
                 return Err(RequestError::NegativeHits {
-                    index,
+                    index: desc.index,
                     on: format!("on rule '{}.{}'", rule.domain, rule.label()),
                 });
             }
-            match self.rule_plan(d, first + j, rule, hits) {
-                RulePlan::Limited(l) => limits.push(l),
-                RulePlan::Unlimited(u) => unlimited = unlimited.or(Some(u)),
-                RulePlan::NoLimit => {}
+            if let RuleKind::Unlimited = self.rule_plan(desc, desc.first + j, rule, &mut limits) {
+                unlimited = unlimited.or(Some(rule));
             }
         }
-        Ok(match unlimited {
+        plans.push(match unlimited {
             _ if !limits.is_empty() => Plan::Limited(limits),
             Some(u) => Plan::Unlimited(u),
             None => Plan::NoLimit,
-        })
+        });
+        Ok(())
     }
 
-    /// A descriptor matched by rule `r`, at position `i` of the config's rules.
+    /// A descriptor matched by rule `r`, at position `i` of the config's rules: its limit is
+    /// pushed on `limits` (where it stays), unless the rule is unlimited.
     fn rule_plan(
         &mut self,
-        d: &RateLimitDescriptor,
+        desc: &Descriptor<'a>,
         i: usize,
         r: &'a Rule,
-        hits: u64,
-    ) -> RulePlan<'a> {
+        limits: &mut SmallVec<[Limited<'a>; 1]>,
+    ) -> RuleKind {
+        let (d, hits) = (desc.d, desc.hits);
         let RuleLimit::Limited {
             requests_per_unit,
             unit,
@@ -241,11 +256,11 @@ impl<'a> Resolver<'a, '_> {
             unit_multiplier,
         } = r.limit
         else {
-            return RulePlan::Unlimited(r);
+            return RuleKind::Unlimited;
         };
         // Built from the same config, every rule has metrics; stay safe anyway.
         let Some(metrics) = self.active.rules.get(i) else {
-            return RulePlan::NoLimit;
+            return RuleKind::NoLimit;
         };
         let limit = Limit::over(
             burst.unwrap_or(requests_per_unit),
@@ -259,7 +274,7 @@ impl<'a> Resolver<'a, '_> {
             self.charge(key, limit, hits, !r.shadow_mode, r.id)
         });
         let (requests_per_unit, unit) = period::reported(requests_per_unit, unit, unit_multiplier);
-        RulePlan::Limited(Limited {
+        limits.push(Limited {
             rule: Some(r),
             metrics,
             requests_per_unit,
@@ -273,7 +288,8 @@ impl<'a> Resolver<'a, '_> {
                 .metric_path
                 .as_ref()
                 .map(|p| keys::metric_label(p, d, r.position)),
-        })
+        });
+        RuleKind::Limited
     }
 
     /// `rule`: the key budget a new key counts in (`store::budget`).

@@ -51,13 +51,24 @@ pub fn response(
     decision: &Decision<'_, '_>,
     options: &ResponseOptions,
 ) -> RateLimitResponse {
+    let overall_code = if decision.rejected() {
+        Code::OverLimit as i32
+    } else {
+        Code::Ok as i32
+    };
+    // Without headers, Retry-After or metadata nothing reads the outcomes but the statuses:
+    // they are built as the outcomes come, not kept first (a few hundred bytes copied and
+    // read again on every request otherwise).
+    if options.headers.is_none() && !options.retry_after && !options.dynamic_metadata {
+        return RateLimitResponse {
+            overall_code,
+            statuses: decision.outcomes().map(|o| status(&o)).collect(),
+            ..Default::default()
+        };
+    }
     let outcomes: SmallVec<[Outcome<'_>; 4]> = decision.outcomes().collect();
     let mut resp = RateLimitResponse {
-        overall_code: if decision.rejected() {
-            Code::OverLimit as i32
-        } else {
-            Code::Ok as i32
-        },
+        overall_code,
         statuses: outcomes.iter().map(status).collect(),
         ..Default::default()
     };

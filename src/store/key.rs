@@ -48,13 +48,21 @@ const INLINE: usize = 160;
 impl KeyBuilder {
     #[inline]
     pub fn new(domain: &str) -> Self {
-        let mut b = KeyBuilder {
+        let mut b = KeyBuilder::empty();
+        b.str(domain);
+        b
+    }
+
+    /// A builder with no fields yet; the domain is the caller's first `str`. The request path
+    /// starts from this: a builder returned after fields went in is copied out of `new` (184
+    /// bytes, twice a request), one built empty is made where the caller keeps it.
+    #[inline]
+    pub fn empty() -> Self {
+        KeyBuilder {
             inline: [0; INLINE],
             len: 0,
             spilled: Vec::new(),
-        };
-        b.str(domain);
-        b
+        }
     }
 
     #[inline]
@@ -101,6 +109,13 @@ impl KeyBuilder {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn an_empty_builder_given_the_domain_first_names_the_same_key_as_new() {
+        let mut k = KeyBuilder::empty();
+        k.str("d").str("user").u64(7);
+        assert_eq!(k.finish(), KeyBuilder::new("d").str("user").u64(7).finish());
+    }
 
     #[test]
     fn field_boundaries_are_part_of_the_key() {

@@ -16,6 +16,12 @@
 //! doubles at the same key count and the whole store pays ~2x for a while). A live key costs
 //! 129-161 heap bytes, its 16-byte id included, at any count (BENCHMARKS.md figure 4: 153.4 at
 //! 1M keys, 8 bytes of it the refund counters' empty box).
+//!
+//! The cluster's mode (shared, burst guard, fair share) is not kept here as rules of its own:
+//! the caller reads it once per request ([`Store::mode`]) and hands it to each decision, and
+//! `bucket::mode` says what it means for a charge. What a mode remembers per key (this node's
+//! acknowledged counts, its fair shares) stays in the key's shard, in small side tables, so it
+//! is read and changed under the same lock as the key.
 
 pub mod budget;
 mod key;
