@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::reload::Reloader;
 use crate::replication::tls::{PeerTls, PeerTlsFiles};
-use crate::replication::{Replica, ReplicaTable, ReplicationSettings, Replicator};
+use crate::replication::{PeerListener, Replica, ReplicaTable, ReplicationSettings, Replicator};
 use crate::rls::respond::{HeaderNames, ResponseOptions};
 use crate::rls::{self, RateLimitServiceServer, RlsService};
 use crate::settings::Settings;
@@ -49,18 +49,27 @@ pub struct Running {
 
 impl Running {
     /// Begin the graceful shutdown and wait for it to finish.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.stop.cancel();
-        self.done.await.context("server task panicked")?
+        (&mut self.done).await.context("server task panicked")?
     }
 
     /// Wait until the server stops (after a shutdown was requested through `stop_token`).
-    pub async fn wait(self) -> anyhow::Result<()> {
-        self.done.await.context("server task panicked")?
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        (&mut self.done).await.context("server task panicked")?
     }
 
     pub fn stop_token(&self) -> CancellationToken {
         self.stop.clone()
+    }
+}
+
+/// A server whose handle is dropped shuts down (gracefully, in the background): an embedding
+/// that forgets to stop it, or a test that panicked, does not leave it serving and dialing
+/// peers for the rest of the process.
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 
@@ -181,7 +190,7 @@ pub async fn start_with_clock(
     ));
     let peer_tls = replication.tls.clone();
     let replicator = if replication.enabled() {
-        let peer_listener = TcpListener::bind(settings.peer_addr)
+        let peer_listener = PeerListener::bind(settings.peer_addr, replication.faults.as_deref())
             .await
             .with_context(|| format!("cannot listen for peers on {}", settings.peer_addr))?;
         Some(

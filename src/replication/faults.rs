@@ -21,6 +21,8 @@ use super::proto::Frame;
 #[derive(Debug)]
 pub struct Faults {
     state: Mutex<State>,
+    /// Peer connections in memory instead of over loopback TCP ([`Faults::in_memory`]).
+    memory: Option<super::memory_net::MemoryNet>,
     /// Bumped on every cut and heal: an idle link wakes to check whether it was cut.
     changes: tokio::sync::watch::Sender<u64>,
 }
@@ -29,6 +31,7 @@ impl Default for Faults {
     fn default() -> Self {
         Faults {
             state: Mutex::new(State::default()),
+            memory: None,
             changes: tokio::sync::watch::Sender::new(0),
         }
     }
@@ -66,6 +69,19 @@ fn pair(a: &str, b: &str) -> (String, String) {
 impl Faults {
     pub fn new() -> Faults {
         Faults::default()
+    }
+
+    /// A test network whose peer connections are in memory, not sockets: for fleets larger
+    /// than the file descriptor limit allows over loopback (two per link).
+    pub fn in_memory() -> Faults {
+        Faults {
+            memory: Some(Default::default()),
+            ..Faults::default()
+        }
+    }
+
+    pub(crate) fn memory(&self) -> Option<&super::memory_net::MemoryNet> {
+        self.memory.as_ref()
     }
 
     /// Nodes `a` and `b` can no longer reach each other (both directions).

@@ -432,7 +432,7 @@ async fn handshake(
     };
     let channel = tokio::select! {
         _ = link.stop.cancelled() => return Err(End::Stopped),
-        c = endpoint.connect() => c.map_err(|e| End::Unreachable(super::tls::chain(&e)))?,
+        c = connect(shared, endpoint, &link.addr) => c.map_err(|e| End::Unreachable(super::tls::chain(&e)))?,
     };
     let max = shared.settings.max_frame_bytes * 2;
     let mut client = ReplicationClient::new(channel)
@@ -480,6 +480,24 @@ async fn handshake(
             .ok_or_else(|| End::Unreachable("cut off by the test network".into()))?,
     };
     Ok((tx, inbound, hello))
+}
+
+/// Connect over TCP, or on the in-memory test network when a test installed one.
+async fn connect(
+    shared: &Shared,
+    endpoint: tonic::transport::Endpoint,
+    addr: &str,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    match &shared.settings.faults {
+        Some(net) if net.memory().is_some() => {
+            let dial = super::memory_net::Dial {
+                net: net.clone(),
+                addr: addr.to_string(),
+            };
+            endpoint.connect_with_connector(dial).await
+        }
+        _ => endpoint.connect().await,
+    }
 }
 
 /// The peer answered: this link is now its member's live link, unless another link already

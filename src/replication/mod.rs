@@ -43,6 +43,7 @@ mod link_table;
 mod member_links;
 mod members;
 mod membership;
+mod memory_net;
 mod outbox;
 mod replicas;
 mod service;
@@ -275,13 +276,37 @@ pub struct Replicator {
     pub peer_addr: SocketAddr,
 }
 
+/// Where this node listens for peers.
+pub enum PeerListener {
+    Tcp(TcpListener),
+    /// At this address on the in-process test network's memory ([`faults::Faults::in_memory`]).
+    Memory(SocketAddr),
+}
+
+impl PeerListener {
+    /// Bind `addr`: on a socket, or in memory when `faults` is an in-memory test network.
+    pub async fn bind(addr: SocketAddr, faults: Option<&faults::Faults>) -> std::io::Result<Self> {
+        if faults.is_some_and(|f| f.memory().is_some()) {
+            return Ok(PeerListener::Memory(addr));
+        }
+        Ok(PeerListener::Tcp(TcpListener::bind(addr).await?))
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            PeerListener::Tcp(l) => l.local_addr(),
+            PeerListener::Memory(a) => Ok(*a),
+        }
+    }
+}
+
 impl Replicator {
     /// Listen for peers on `listener` and start dialing them. Readiness goes true once the
     /// node holds its peers' snapshots.
     pub async fn start(
         settings: ReplicationSettings,
         replicas: Arc<ReplicaTable>,
-        listener: TcpListener,
+        listener: PeerListener,
         store: Arc<Store>,
         limiter: Arc<Limiter>,
         readiness: Arc<Readiness>,

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::Counter;
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
@@ -17,7 +17,7 @@ use super::codec::{decode_delta, FrameError};
 use super::proto::frame::Kind;
 use super::proto::replication_server::{Replication, ReplicationServer};
 use super::proto::{Ack, Frame, Pong};
-use super::Shared;
+use super::{PeerListener, Shared};
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -29,29 +29,50 @@ const MAX_PEER_CONNECTIONS: usize = 1024;
 /// 30 s, so only a dead or hostile one is ever this quiet.
 const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
-pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, stop: CancellationToken) {
+pub(crate) async fn serve(shared: Arc<Shared>, listener: PeerListener, stop: CancellationToken) {
     let max = shared.settings.max_frame_bytes * 2;
     let builder = super::tls::server_builder(shared.settings.tls.as_deref());
-    let limits = crate::listener::Limits {
-        max_connections: MAX_PEER_CONNECTIONS,
-        idle_timeout: PEER_IDLE_TIMEOUT,
-        header_read_timeout: HELLO_TIMEOUT,
-    };
-    let listener =
-        crate::listener::Listener::new(listener, "peer", &limits, &shared.metrics.metrics, false);
-    let incoming = super::tls::incoming(shared.settings.tls.as_deref(), listener);
+    let memory = shared.settings.faults.clone();
     let svc = ReplicationServer::new(PeerService {
-        shared,
+        shared: shared.clone(),
         stop: stop.clone(),
     })
     .max_decoding_message_size(max)
     .max_encoding_message_size(max);
-    if let Err(e) = builder
-        .tcp_nodelay(true)
-        .add_service(svc)
-        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-        .await
-    {
+    let router = builder.tcp_nodelay(true).add_service(svc);
+    let served = match listener {
+        PeerListener::Tcp(listener) => {
+            let limits = crate::listener::Limits {
+                max_connections: MAX_PEER_CONNECTIONS,
+                idle_timeout: PEER_IDLE_TIMEOUT,
+                header_read_timeout: HELLO_TIMEOUT,
+            };
+            let listener = crate::listener::Listener::new(
+                listener,
+                "peer",
+                &limits,
+                &shared.metrics.metrics,
+                false,
+            );
+            let incoming = super::tls::incoming(shared.settings.tls.as_deref(), listener);
+            router
+                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                .await
+        }
+        PeerListener::Memory(addr) => {
+            let net = memory.expect("an in-memory listener comes from an in-memory network");
+            let pipes = net
+                .memory()
+                .expect("an in-memory network")
+                .listen(&addr.to_string());
+            let incoming = tokio_stream::wrappers::UnboundedReceiverStream::new(pipes)
+                .map(Ok::<_, std::io::Error>);
+            router
+                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                .await
+        }
+    };
+    if let Err(e) = served {
         warn!(error = %e, "peer server stopped");
     }
 }
