@@ -170,15 +170,7 @@ async fn a_member_whose_connections_are_cut_mid_handshake_counts_as_partitioned_
     // What a partition looks like through a proxy or a dropping firewall: the TCP connection
     // opens and dies before any Hello. Only an explicit refusal of our Hello makes a peer a
     // non-member; this one must put the node in fair-share mode.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    tokio::spawn(async move {
-        while let Ok((conn, _)) = listener.accept().await {
-            drop(conn);
-        }
-    });
+    let port = silent_seed().await;
     let dir = tempfile::tempdir().expect("tmp");
     std::fs::write(dir.path().join("c.yaml"), CONFIG).expect("config");
     let mut n = Node::start(
