@@ -29,10 +29,11 @@ pub struct Alias {
 
 impl Alias {
     pub async fn to(target: u16) -> Alias {
-        let port = free_port();
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        // Bound where it is chosen: no other socket can take the port in between.
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
             .await
             .expect("bind alias");
+        let port = listener.local_addr().expect("alias address").port();
         let task = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 tokio::spawn(async move {

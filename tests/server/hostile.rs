@@ -220,27 +220,18 @@ fn a_client_trickling_header_bytes_is_cut_off_on_both_ports() {
 #[test]
 fn connections_beyond_the_bound_wait_until_one_closes() {
     let server = Server::start(&["--max-connections", "4"]);
-    let limit_logs = || server.logs().matches("connection limit reached").count();
-    // Hold the bound's four connections with nothing else open: the readiness probe's
-    // connection may still be closing (on a busy machine, for longer than a moment), and four
-    // beside it would already reach the limit. Until four alone do not, let go and retry.
-    let mut before = limit_logs();
-    let held: Vec<TcpStream> = loop {
-        let held: Vec<TcpStream> = (0..4)
-            .map(|_| TcpStream::connect(("127.0.0.1", server.http)).expect("connect"))
-            .collect();
-        std::thread::sleep(Duration::from_millis(200));
-        if limit_logs() == before {
-            break held;
-        }
-        drop(held);
-        std::thread::sleep(Duration::from_millis(200));
-        before = limit_logs();
-    };
-    assert!(
-        http_get(server.http, "/healthz", Duration::from_millis(500)).is_none(),
-        "a fifth connection is not served while four are open"
-    );
+    // The readiness probe's connection may still be closing: let it go.
+    std::thread::sleep(Duration::from_millis(200));
+    let held: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(("127.0.0.1", server.http)).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    for _ in 0..3 {
+        assert!(
+            http_get(server.http, "/healthz", Duration::from_millis(300)).is_none(),
+            "no connection beyond the four open ones is served"
+        );
+    }
     drop(held);
     let deadline = Instant::now() + Duration::from_secs(5);
     while http_get(server.http, "/healthz", Duration::from_secs(1)).is_none() {
@@ -249,12 +240,11 @@ fn connections_beyond_the_bound_wait_until_one_closes() {
             "served again once connections closed"
         );
     }
-    assert_eq!(
-        limit_logs(),
-        before + 1,
-        "the fifth connection's wait is logged once: {}",
-        server.logs()
-    );
+    // Once per time the limit is reached, not once per waiting connection (three waited).
+    // Twice at most: on a busy machine the probe's connection can outlive the 200 ms above,
+    // and the four held beside it reach the limit once before the extra ones do.
+    let logged = server.logs().matches("connection limit reached").count();
+    assert!((1..=2).contains(&logged), "{logged}: {}", server.logs());
 }
 
 #[test]
