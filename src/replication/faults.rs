@@ -1,6 +1,7 @@
 //! A controllable network for in-process cluster tests: frames a node's links send can be
 //! dropped, duplicated, held back (reordered) or delayed, and pairs of nodes can be cut apart
-//! and healed, all while the nodes run their real code over loopback gRPC.
+//! and healed, all while the nodes run their real code over gRPC (on loopback TCP, or with
+//! [`Faults::in_memory`] on in-memory connections).
 //!
 //! It is a sink the link's frames go through, installed once per session when a test
 //! configured one ([`Faults::wrap`]): the production send path has no fault branches. A cut
