@@ -23,7 +23,7 @@ use super::proto::Frame;
 pub struct Faults {
     state: Mutex<State>,
     /// Peer connections in memory instead of over loopback TCP ([`Faults::in_memory`]).
-    memory: Option<super::memory_net::MemoryNet>,
+    memory: Option<Arc<super::memory_net::MemoryNet>>,
     /// Bumped on every cut and heal: an idle link wakes to check whether it was cut.
     changes: tokio::sync::watch::Sender<u64>,
 }
@@ -81,7 +81,7 @@ impl Faults {
         }
     }
 
-    pub(crate) fn memory(&self) -> Option<&super::memory_net::MemoryNet> {
+    pub(crate) fn memory(&self) -> Option<&Arc<super::memory_net::MemoryNet>> {
         self.memory.as_ref()
     }
 

@@ -488,15 +488,15 @@ async fn connect(
     endpoint: tonic::transport::Endpoint,
     addr: &str,
 ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
-    match &shared.settings.faults {
-        Some(net) if net.memory().is_some() => {
+    match shared.settings.faults.as_ref().and_then(|f| f.memory()) {
+        Some(net) => {
             let dial = super::memory_net::Dial {
                 net: net.clone(),
                 addr: addr.to_string(),
             };
             endpoint.connect_with_connector(dial).await
         }
-        _ => endpoint.connect().await,
+        None => endpoint.connect().await,
     }
 }
 

@@ -280,14 +280,14 @@ pub struct Replicator {
 pub enum PeerListener {
     Tcp(TcpListener),
     /// At this address on the in-process test network's memory ([`faults::Faults::in_memory`]).
-    Memory(SocketAddr),
+    Memory(SocketAddr, Arc<memory_net::MemoryNet>),
 }
 
 impl PeerListener {
     /// Bind `addr`: on a socket, or in memory when `faults` is an in-memory test network.
     pub async fn bind(addr: SocketAddr, faults: Option<&faults::Faults>) -> std::io::Result<Self> {
-        if faults.is_some_and(|f| f.memory().is_some()) {
-            return Ok(PeerListener::Memory(addr));
+        if let Some(net) = faults.and_then(|f| f.memory()) {
+            return Ok(PeerListener::Memory(addr, net.clone()));
         }
         Ok(PeerListener::Tcp(TcpListener::bind(addr).await?))
     }
@@ -295,7 +295,7 @@ impl PeerListener {
     fn local_addr(&self) -> std::io::Result<SocketAddr> {
         match self {
             PeerListener::Tcp(l) => l.local_addr(),
-            PeerListener::Memory(a) => Ok(*a),
+            PeerListener::Memory(a, _) => Ok(*a),
         }
     }
 }

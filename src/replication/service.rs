@@ -32,7 +32,6 @@ const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 pub(crate) async fn serve(shared: Arc<Shared>, listener: PeerListener, stop: CancellationToken) {
     let max = shared.settings.max_frame_bytes * 2;
     let builder = super::tls::server_builder(shared.settings.tls.as_deref());
-    let memory = shared.settings.faults.clone();
     let svc = ReplicationServer::new(PeerService {
         shared: shared.clone(),
         stop: stop.clone(),
@@ -59,12 +58,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: PeerListener, stop: Can
                 .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
                 .await
         }
-        PeerListener::Memory(addr) => {
-            let net = memory.expect("an in-memory listener comes from an in-memory network");
-            let pipes = net
-                .memory()
-                .expect("an in-memory network")
-                .listen(&addr.to_string());
+        PeerListener::Memory(addr, net) => {
+            let pipes = net.listen(&addr.to_string());
             let incoming = tokio_stream::wrappers::UnboundedReceiverStream::new(pipes)
                 .map(Ok::<_, std::io::Error>);
             router

@@ -8,7 +8,7 @@ const T0: i64 = 1_700_000_000_000_000_000;
 const SEC: i64 = 1_000_000_000;
 
 /// The burst guard of a 3-member cluster whose acknowledgements take 60 ms.
-fn guarded() -> Mode {
+pub(super) fn guarded() -> Mode {
     Mode::new(
         None,
         BurstGuard::new(3, std::time::Duration::from_millis(60)),
@@ -16,7 +16,7 @@ fn guarded() -> Mode {
 }
 
 /// Fair-share mode among `members`, without the guard.
-fn fair_share(members: u32) -> Mode {
+pub(super) fn fair_share(members: u32) -> Mode {
     Mode::new(Some(members), None)
 }
 

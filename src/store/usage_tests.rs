@@ -1,21 +1,9 @@
+use super::tests::{fair_share, guarded};
 use super::*;
 use crate::unit::Unit;
 
 const T0: i64 = 1_700_000_000_000_000_000;
 const SEC: i64 = 1_000_000_000;
-
-/// The burst guard of a 3-member cluster whose acknowledgements take 60 ms.
-fn guarded() -> Mode {
-    Mode::new(
-        None,
-        BurstGuard::new(3, std::time::Duration::from_millis(60)),
-    )
-}
-
-/// Fair-share mode among `members`, without the guard.
-fn fair_share(members: u32) -> Mode {
-    Mode::new(Some(members), None)
-}
 
 fn key(s: &str) -> KeyId {
     KeyBuilder::new("test").str(s).finish()
