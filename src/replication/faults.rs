@@ -201,21 +201,13 @@ impl Wire {
         }
     }
 
-    /// One frame: a Delta meets its fate, anything else goes straight through.
+    /// One frame: a Delta meets its fate, anything else goes straight through. Every fault
+    /// applies with or without latency: a lost Delta is lost on a slow link too.
     async fn pass(&mut self, f: Frame) -> Result<(), ()> {
         if !matches!(f.kind, Some(Kind::Delta(_))) {
             return self.send(f).await;
         }
         let fate = self.net.fate();
-        if !fate.delay.is_zero() {
-            // Latency, not bandwidth: the frame arrives later, the link carries on.
-            let out = self.out.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(fate.delay).await;
-                let _ = out.send(f).await;
-            });
-            return Ok(());
-        }
         if fate.drop {
             return Ok(());
         }
@@ -223,13 +215,28 @@ impl Wire {
             self.held = Some(f);
             return Ok(());
         }
+        let mut frames = Vec::with_capacity(3);
         if fate.duplicate {
-            self.send(f.clone()).await?;
+            frames.push(f.clone());
         }
-        self.send(f).await?;
-        if let Some(h) = self.held.take() {
-            self.send(h).await?;
+        frames.push(f);
+        frames.extend(self.held.take());
+        if fate.delay.is_zero() {
+            for f in frames {
+                self.send(f).await?;
+            }
+            return Ok(());
         }
+        // Latency, not bandwidth: the frames arrive later, the link carries on.
+        let out = self.out.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(fate.delay).await;
+            for f in frames {
+                if out.send(f).await.is_err() {
+                    return;
+                }
+            }
+        });
         Ok(())
     }
 
@@ -300,6 +307,23 @@ mod tests {
             matches!(f.kind, Some(Kind::Ping(_))),
             "the Delta was dropped"
         );
+    }
+
+    #[tokio::test]
+    async fn a_slow_link_loses_deltas_too() {
+        let net = Arc::new(Faults::new());
+        net.set_delay(Duration::from_millis(5));
+        net.set_loss(1000, 0, 0);
+        let (out, mut rx) = mpsc::channel(4);
+        let tx = net.wrap("a", "b", out).expect("not cut");
+        tx.send(delta()).await.expect("open");
+        tx.send(ping()).await.expect("open");
+        let f = rx.recv().await.expect("the ping");
+        assert!(matches!(f.kind, Some(Kind::Ping(_))), "{f:?}");
+        net.set_loss(0, 0, 0);
+        tx.send(delta()).await.expect("open");
+        let f = rx.recv().await.expect("the Delta, late");
+        assert!(matches!(f.kind, Some(Kind::Delta(_))), "{f:?}");
     }
 
     #[tokio::test]
