@@ -411,6 +411,7 @@ async fn session(shared: &Shared, link: &Link, out: &mut Outbox<'_>) -> End {
     if let Err(e) = catch_up(shared, link, out, &tx, &hello).await {
         return e;
     }
+    out.copy_from_now();
     Steady::new(shared, link, &hello.node)
         .run(out, &tx, inbound)
         .await
@@ -619,8 +620,8 @@ impl<'a> Steady<'a> {
         }
     }
 
-    /// Send what is queued: membership messages, a new receiving-from report, resends due,
-    /// the dirty keys; when leaving and all is acknowledged, Leave.
+    /// Send what is queued: membership messages, a new receiving-from report, resends and
+    /// early copies due, the dirty keys; when leaving and all is acknowledged, Leave.
     async fn push(&mut self, out: &mut Outbox<'_>, tx: &mpsc::Sender<Frame>) -> Result<(), End> {
         let shared = self.shared;
         for g in self.link.take_gossip() {
@@ -633,6 +634,7 @@ impl<'a> Steady<'a> {
             self.reported = Some(version);
         }
         out.requeue(Some(out.resend_after()));
+        out.copy_unacked();
         out.flush(shared, tx, shared.round()).await?;
         if shared.is_leaving() && self.goodbye.is_none() && out.all_acked() {
             out.send(tx, frame(Kind::Leave(Leave {}))).await?;

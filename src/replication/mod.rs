@@ -4,7 +4,9 @@
 //!
 //! - [`link`]: the stream this node dials to each peer, which carries this node's changes out:
 //!   a full snapshot when the peer is new (new incarnation), then coalesced deltas every
-//!   `sync_interval`; [`outbox`] numbers them and resends what goes unacknowledged.
+//!   `sync_interval`; [`outbox`] numbers them, sends an early copy of what goes
+//!   unacknowledged for a sync interval and resends what goes unacknowledged for longer than
+//!   the round trip warrants ([`in_flight`] keeps the frames until they are acknowledged).
 //! - [`dissemination`]: which peers a changed key goes to: an own change to every member, a
 //!   merged one only to peers that cannot get it from its sender (N-1 crossings per change).
 //! - [`service`]: the other end: merges what peers send, acknowledges, answers pings, takes
@@ -38,6 +40,7 @@ mod fan_out;
 pub mod faults;
 mod handoff;
 mod hello;
+mod in_flight;
 mod link;
 mod link_table;
 mod member_links;

@@ -1,14 +1,15 @@
 //! The sending side of one peer session: numbers frames, remembers them until the peer
-//! acknowledges them, resends what goes unacknowledged for longer than the link's round trip
-//! warrants, and publishes how far the peer has acknowledged (the burst guard and fair-share
-//! mode read it from the [`Link`]).
+//! acknowledges them ([`super::in_flight`]), sends an early copy of what goes unacknowledged
+//! for a sync interval, resends what goes unacknowledged for longer than the link's round
+//! trip warrants, and publishes how far the peer has acknowledged (the burst guard and
+//! fair-share mode read it from the [`Link`]).
 
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use super::in_flight::InFlight;
 use super::link::{frame, Encoding, End, Link};
 use super::proto::frame::Kind;
 use super::proto::{Frame, SnapshotEnd};
@@ -22,16 +23,6 @@ const FIRST_RESEND_AFTER: Duration = Duration::from_secs(1);
 /// loopback link would only add load), nor later (a loss on a slow link still heals).
 const MIN_RESEND_AFTER: Duration = Duration::from_millis(5);
 const MAX_RESEND_AFTER: Duration = Duration::from_secs(1);
-
-/// A frame sent and not acknowledged yet.
-pub(crate) struct InFlight {
-    seq: u64,
-    keys: Vec<(KeyId, Encoding)>,
-    /// The fan-out round its keys were taken in.
-    round: u64,
-    /// On the link's liveness clock.
-    sent: Nanos,
-}
 
 /// Smoothed round trip of acknowledgements (RFC 6298's estimator, without its backoff: a
 /// resend here is idempotent and cheap, and TCP below already backs off).
@@ -78,11 +69,13 @@ pub(crate) struct Outbox<'a> {
     rtt: Rtt,
     slack: Duration,
     seq: u64,
-    in_flight: VecDeque<InFlight>,
+    in_flight: InFlight,
     /// Round of the last drain of the dirty set: everything up to it was sent or is in flight.
     drained_round: u64,
     /// Keys sent back to the dirty set since the last drain hold acks back to before their round.
     requeued_floor: Option<u64>,
+    /// Whether frames sent now get an early copy: in the steady phase, not in catch-up.
+    copies: bool,
 }
 
 impl<'a> Outbox<'a> {
@@ -92,16 +85,22 @@ impl<'a> Outbox<'a> {
             rtt: Rtt::default(),
             slack: shared.settings.sync_interval,
             seq: 0,
-            in_flight: VecDeque::new(),
+            in_flight: InFlight::default(),
             drained_round: link.acked_round(),
             requeued_floor: None,
+            copies: false,
         }
+    }
+
+    /// From now on (the steady phase), frames sent get an early copy.
+    pub fn copy_from_now(&mut self) {
+        self.copies = true;
     }
 
     /// Publish the latest round every change of which the peer acknowledged.
     fn publish(&self) {
         let mut r = self.drained_round;
-        if let Some(f) = self.in_flight.iter().map(|f| f.round).min() {
+        if let Some(f) = self.in_flight.oldest_round() {
             r = r.min(f.saturating_sub(1));
         }
         if let Some(f) = self.requeued_floor {
@@ -111,19 +110,14 @@ impl<'a> Outbox<'a> {
         self.link
             .unacked
             .store(self.in_flight.len(), Ordering::Release);
-        *self.link.oldest_unacked.lock() = self.in_flight.iter().map(|f| f.sent).min();
+        *self.link.oldest_unacked.lock() = self.in_flight.oldest();
         self.link.update_lag();
     }
 
     pub fn ack(&mut self, seq: u64) {
-        if let Some(i) = self.in_flight.iter().position(|f| f.seq == seq) {
-            if let Some(f) = self.in_flight.remove(i) {
-                // Deltas only: a SnapshotEnd carries no keys and is answered at once.
-                if !f.keys.is_empty() {
-                    let took = self.link.now().saturating_sub(f.sent).max(0);
-                    self.rtt.sample(Duration::from_nanos(took as u64));
-                }
-            }
+        if let Some(sent) = self.in_flight.ack(seq) {
+            let took = self.link.now().saturating_sub(sent).max(0);
+            self.rtt.sample(Duration::from_nanos(took as u64));
         }
         self.publish();
     }
@@ -138,33 +132,41 @@ impl<'a> Outbox<'a> {
         self.rtt.timeout(self.slack)
     }
 
-    /// When the oldest unacknowledged frame is due to be resent (`None`: nothing in flight).
+    /// How long a steady frame goes unacknowledged before its early copy: a sync interval,
+    /// so that a lost last change goes again with the next round's keys.
+    fn copy_after(&self) -> Duration {
+        self.slack.max(MIN_RESEND_AFTER)
+    }
+
+    /// When the next unacknowledged frame is due to be resent or copied (`None`: nothing in
+    /// flight).
     pub fn next_resend(&self) -> Option<Nanos> {
-        let after = nanos(self.resend_after());
+        let resend = nanos(self.resend_after());
+        self.in_flight.next_due(resend, nanos(self.copy_after()))
+    }
+
+    /// Put back into the dirty set the keys of the frames due for their early copy. A push a
+    /// quarter of the delay early (the next fan-out round's, which comes a sync interval after
+    /// the one that sent the frame) takes the copies along, so that they go in the same frames
+    /// as the round's keys instead of a frame of their own just before.
+    pub fn copy_unacked(&mut self) {
+        let copy = self.copy_after();
+        let old_enough = nanos(copy - copy / 4);
+        let now = self.link.now();
         self.in_flight
-            .iter()
-            .map(|f| f.sent.saturating_add(after))
-            .min()
+            .copy(now, old_enough, &mut self.link.dirty.lock());
     }
 
     /// Put frames back into the dirty set: all of them, or those unacknowledged for too long.
     pub fn requeue(&mut self, older_than: Option<Duration>) {
         let now = self.link.now();
-        let mut dirty = self.link.dirty.lock();
-        let mut kept = VecDeque::new();
-        for f in self.in_flight.drain(..) {
-            if older_than.is_some_and(|d| now.saturating_sub(f.sent) < nanos(d)) {
-                kept.push_back(f);
-                continue;
-            }
-            let floor = f.round.saturating_sub(1);
+        let requeued =
+            self.in_flight
+                .requeue(now, older_than.map(nanos), &mut self.link.dirty.lock());
+        if let Some(round) = requeued {
+            let floor = round.saturating_sub(1);
             self.requeued_floor = Some(self.requeued_floor.map_or(floor, |r| r.min(floor)));
-            for (k, how) in f.keys {
-                Encoding::queue(&mut dirty, k, how);
-            }
         }
-        drop(dirty);
-        self.in_flight = kept;
         self.publish();
     }
 
@@ -205,12 +207,8 @@ impl<'a> Outbox<'a> {
         let n = keys.len() as u64;
         let f = frame(Kind::Delta(delta));
         let bytes = prost::Message::encoded_len(&f) as u64;
-        self.in_flight.push_back(InFlight {
-            seq: self.seq,
-            keys,
-            round,
-            sent: self.link.now(),
-        });
+        let now = self.link.now();
+        self.in_flight.sent(self.seq, keys, round, now, self.copies);
         self.publish();
         self.link.frames_sent.increment(1);
         self.link.bytes_sent.increment(bytes);
@@ -222,12 +220,8 @@ impl<'a> Outbox<'a> {
     pub async fn send_end(&mut self, tx: &mpsc::Sender<Frame>, round: u64) -> Result<(), End> {
         self.seq += 1;
         let seq = self.seq;
-        self.in_flight.push_back(InFlight {
-            seq,
-            keys: Vec::new(),
-            round,
-            sent: self.link.now(),
-        });
+        let now = self.link.now();
+        self.in_flight.sent(seq, Vec::new(), round, now, false);
         self.publish();
         self.send(tx, frame(Kind::SnapshotEnd(SnapshotEnd { seq })))
             .await
@@ -260,15 +254,16 @@ impl<'a> Outbox<'a> {
         round: u64,
     ) -> Result<(), End> {
         let (keys, stands_for) = self.drain(round);
-        if keys.is_empty() {
-            self.publish();
-            return Ok(());
+        if !keys.is_empty() {
+            let entries = keys
+                .into_iter()
+                .filter_map(|(k, how)| shared.store.get(k).map(|(l, s)| (k, how, l, s)))
+                .collect();
+            self.send_entries(shared, tx, entries, stands_for).await?;
         }
-        let entries = keys
-            .into_iter()
-            .filter_map(|(k, how)| shared.store.get(k).map(|(l, s)| (k, how, l, s)))
-            .collect();
-        self.send_entries(shared, tx, entries, stands_for).await
+        self.in_flight.copies_sent(self.seq);
+        self.publish();
+        Ok(())
     }
 }
 
