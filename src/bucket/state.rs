@@ -301,16 +301,17 @@ impl BucketState {
         self.tat_from(span)
     }
 
+    /// Plain sums: a sum of fewer than 2^63 values below 2^64 is below 2^127, so it never
+    /// overflows (and saturating adds would only cost a branch each).
     fn consumed_total(&self) -> i128 {
-        self.slots
-            .iter()
-            .fold(0i128, |acc, s| acc.saturating_add(s.consumed as i128))
+        self.slots.iter().map(|s| i128::from(s.consumed)).sum()
     }
 
     /// Tokens in use: consumed, net of refunds. Exact: each sum is of fewer than 2^63 values
-    /// below 2^64, far from the i128 bounds, so adding `d` to one slot adds exactly `d` here.
+    /// below 2^64, far from the i128 bounds (their difference too), so adding `d` to one slot
+    /// adds exactly `d` here.
     fn net_consumed(&self) -> i128 {
-        self.consumed_total().saturating_sub(self.refunds.total())
+        self.consumed_total() - self.refunds.total()
     }
 
     /// The scaled time `net` tokens stand for, `T_s * net`. A net that fits an i64 (every
@@ -340,6 +341,10 @@ impl BucketState {
     }
 
     fn slot_mut(&mut self, replica: ReplicaId) -> &mut Slot {
+        // A key only this node has charged (most keys): its one slot, without a search.
+        if self.slots.len() == 1 && self.slots[0].replica == replica {
+            return &mut self.slots[0];
+        }
         let i = match self.slots.binary_search_by_key(&replica, |s| s.replica) {
             Ok(i) => i,
             Err(i) => {

@@ -523,11 +523,12 @@ impl Store {
             places.push(place);
         }
         let admitted = admitted(Fits(&places));
-        charges
-            .iter()
-            .zip(&places)
-            .map(|(c, p)| self.take(&mut locked, c, p, admitted))
-            .collect()
+        // Pushed where they stay, not collected aside and moved.
+        let mut verdicts = SmallVec::new();
+        for (c, p) in charges.iter().zip(&places) {
+            verdicts.push(self.take(&mut locked, c, p, admitted));
+        }
+        verdicts
     }
 
     /// Lock every shard the charges live in, in ascending order, so that concurrent
