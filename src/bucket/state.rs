@@ -304,7 +304,11 @@ impl BucketState {
     /// Plain sums: a sum of fewer than 2^63 values below 2^64 is below 2^127, so it never
     /// overflows (and saturating adds would only cost a branch each).
     fn consumed_total(&self) -> i128 {
-        self.slots.iter().map(|s| i128::from(s.consumed)).sum()
+        match self.slots.as_slice() {
+            // A key only one node has charged (most keys): no loop.
+            [one] => i128::from(one.consumed),
+            all => all.iter().map(|s| i128::from(s.consumed)).sum(),
+        }
     }
 
     /// Tokens in use: consumed, net of refunds. Exact: each sum is of fewer than 2^63 values
@@ -376,20 +380,22 @@ impl BucketState {
     /// Whole tokens left and nanoseconds until full, for a bucket whose TAT is `ahead`
     /// (at least 0) scaled units after now.
     fn left_at(limit: &Limit, ahead: i128) -> (u64, u64) {
-        let (used, reset) = match u64::try_from(ahead) {
+        let capacity = u64::from(limit.capacity);
+        match u64::try_from(ahead) {
             // Within 2^64 of now (every bucket but those of years-long periods in debt): the
-            // same rounded-up quotients in u64, one machine division each.
+            // same rounded-up quotients in u64, one machine division each, and no clamp (a
+            // quotient of a u64 fits one).
             Ok(a) => (
-                i128::from(a.div_ceil(limit.unit_ns())),
-                i128::from(a.div_ceil(u64::from(limit.per_unit))),
+                capacity - a.div_ceil(limit.unit_ns()).min(capacity),
+                a.div_ceil(u64::from(limit.per_unit)),
             ),
-            Err(_) => (
-                ahead.saturating_add(limit.token() - 1) / limit.token(),
-                limit.unscale_ceil(ahead),
-            ),
-        };
-        let remaining = (limit.capacity as i128 - used).clamp(0, limit.capacity as i128) as u64;
-        (remaining, reset.clamp(0, u64::MAX as i128) as u64)
+            Err(_) => {
+                let used = ahead.saturating_add(limit.token() - 1) / limit.token();
+                let remaining = (i128::from(capacity) - used).clamp(0, i128::from(capacity));
+                let reset = limit.unscale_ceil(ahead).clamp(0, u64::MAX as i128);
+                (remaining as u64, reset as u64)
+            }
+        }
     }
 
     /// Whether `n` tokens would be admitted at `now`, without changing anything. `n = 0` asks

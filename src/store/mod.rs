@@ -255,6 +255,8 @@ impl Shard {
     }
 
     /// Whether the ask fits the key `id` (its entry at `pos`, if it has one) under `mode`.
+    /// Inline: a few branches around the bucket's check, called for every charge.
+    #[inline]
     fn fits(&self, id: u128, pos: Option<Pos>, ask: &Ask, mode: Mode) -> bool {
         let (share, acked) = (self.share(id, mode), self.acked(id, mode));
         self.state_or_fresh(pos, ask.now, |state| mode.fits(ask, state, share, acked))
