@@ -198,20 +198,34 @@ pub(crate) fn decide<'r, 'a>(
         &resolved.charges
     };
     // What the store's admission rule found is the request's answer: the verdicts' `within`
-    // are the fits it was told.
+    // are the fits it was told. The verdicts go straight into the decision: built aside, they
+    // were copied into it.
+    let mut decision = Decision {
+        resolved,
+        verdicts: SmallVec::new(),
+        over: false,
+        global_shadow: false,
+    };
     let mut found = None;
-    let verdicts = after::admit(store, charges, &early, mode, now, |within| {
+    let admitted = |within: &dyn Fn(usize) -> bool| {
         let o = over(plans, &count, within);
         found = Some(o);
         !o
-    });
+    };
+    after::admit(
+        store,
+        charges,
+        &early,
+        mode,
+        now,
+        admitted,
+        &mut decision.verdicts,
+    );
+    let verdicts = &decision.verdicts;
     let over = blocked || found.unwrap_or_else(|| over(plans, &count, |c| verdicts[c].within));
-    Decision {
-        resolved,
-        verdicts,
-        over,
-        global_shadow: over && global_shadow,
-    }
+    decision.over = over;
+    decision.global_shadow = over && global_shadow;
+    decision
 }
 
 /// Whether the request is over, given which charges are `within` their bucket: an enforced

@@ -518,6 +518,22 @@ impl Store {
         now: i64,
         admitted: impl FnOnce(Fits<'_>) -> bool,
     ) -> SmallVec<[Verdict; 4]> {
+        let mut verdicts = SmallVec::new();
+        self.decide_into(charges, mode, now, admitted, &mut verdicts);
+        verdicts
+    }
+
+    /// [`decide_with`](Self::decide_with), the verdicts pushed on `verdicts` (the caller's,
+    /// kept where the caller keeps them: a returned `SmallVec` of them was copied on its way
+    /// out, on every request).
+    pub fn decide_into(
+        &self,
+        charges: &[Charge],
+        mode: Mode,
+        now: i64,
+        admitted: impl FnOnce(Fits<'_>) -> bool,
+        verdicts: &mut SmallVec<[Verdict; 4]>,
+    ) {
         let mut locked = self.lock(charges, mode, now);
         let mut places: SmallVec<[Place; 4]> = SmallVec::new();
         for (i, c) in charges.iter().enumerate() {
@@ -525,12 +541,9 @@ impl Store {
             places.push(place);
         }
         let admitted = admitted(Fits(&places));
-        // Pushed where they stay, not collected aside and moved.
-        let mut verdicts = SmallVec::new();
         for (c, p) in charges.iter().zip(&places) {
             verdicts.push(self.take(&mut locked, c, p, admitted));
         }
-        verdicts
     }
 
     /// Lock every shard the charges live in, in ascending order, so that concurrent
