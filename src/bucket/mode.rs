@@ -118,6 +118,10 @@ impl Mode {
     /// started (fair-share mode starts one from the state otherwise); `acked` is this node's
     /// own (consumed, requested) as of the last changes every peer acknowledged, `None` when
     /// nothing is waiting for an acknowledgement.
+    ///
+    /// Inline (as [`charge`](Self::charge)): the store calls it for every charge, and in the
+    /// shared mode it is one branch in front of the bucket's own check.
+    #[inline]
     pub fn fits(
         &self,
         ask: &Ask,
@@ -152,6 +156,7 @@ impl Mode {
     /// (started from the state if it was not yet) and the shared state only counts; otherwise
     /// the shared bucket is charged, its debt capped at `debt_cap` tokens. Returns what to
     /// answer.
+    #[inline]
     pub fn charge(
         &self,
         ask: &Ask,

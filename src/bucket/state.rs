@@ -161,6 +161,21 @@ impl Wide {
     }
 }
 
+/// Below this magnitude `B` and `F` take the bounded path of a charge. With the net tokens in
+/// use (hits included) within an i64 and a token below 2^62 ns ([`MAX_PERIOD_NS`]), their
+/// span is below 2^125, a scaled time (an i64 times a u32) below 2^95, and a span of the
+/// capacity and debt cap (together within a u64) below 2^126: TAT and each step of a charge
+/// stay below 2^127, so no i128 operation of it can saturate.
+const BOUNDED_WIDE: u128 = 1 << 124;
+
+/// What a charge on a state within [`BOUNDED_WIDE`] needs: the net tokens in use, and the
+/// capacity plus the debt cap, in tokens.
+#[derive(Debug, Clone, Copy)]
+struct Bounded {
+    net: i64,
+    cap_and_debt: u64,
+}
+
 /// The mergeable state of one key. Bottom (`Default`) is a full bucket.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct BucketState {
@@ -286,16 +301,21 @@ impl BucketState {
         self.tat_from(span)
     }
 
+    /// Plain sums: a sum of fewer than 2^63 values below 2^64 is below 2^127, so it never
+    /// overflows (and saturating adds would only cost a branch each).
     fn consumed_total(&self) -> i128 {
-        self.slots
-            .iter()
-            .fold(0i128, |acc, s| acc.saturating_add(s.consumed as i128))
+        match self.slots.as_slice() {
+            // A key only one node has charged (most keys): no loop.
+            [one] => i128::from(one.consumed),
+            all => all.iter().map(|s| i128::from(s.consumed)).sum(),
+        }
     }
 
     /// Tokens in use: consumed, net of refunds. Exact: each sum is of fewer than 2^63 values
-    /// below 2^64, far from the i128 bounds, so adding `d` to one slot adds exactly `d` here.
+    /// below 2^64, far from the i128 bounds (their difference too), so adding `d` to one slot
+    /// adds exactly `d` here.
     fn net_consumed(&self) -> i128 {
-        self.consumed_total().saturating_sub(self.refunds.total())
+        self.consumed_total() - self.refunds.total()
     }
 
     /// The scaled time `net` tokens stand for, `T_s * net`. A net that fits an i64 (every
@@ -325,6 +345,10 @@ impl BucketState {
     }
 
     fn slot_mut(&mut self, replica: ReplicaId) -> &mut Slot {
+        // A key only this node has charged (most keys): its one slot, without a search.
+        if self.slots.len() == 1 && self.slots[0].replica == replica {
+            return &mut self.slots[0];
+        }
         let i = match self.slots.binary_search_by_key(&replica, |s| s.replica) {
             Ok(i) => i,
             Err(i) => {
@@ -343,25 +367,34 @@ impl BucketState {
 
     pub(super) fn outcome(&self, limit: &Limit, tat: i128, t: i128, allowed: bool) -> Outcome {
         let ahead = tat.saturating_sub(t).max(0);
-        let (used, reset) = match u64::try_from(ahead) {
-            // Within 2^64 of now (every bucket but those of years-long periods in debt): the
-            // same rounded-up quotients in u64, one machine division each.
-            Ok(a) => (
-                i128::from(a.div_ceil(limit.unit_ns())),
-                i128::from(a.div_ceil(u64::from(limit.per_unit))),
-            ),
-            Err(_) => (
-                ahead.saturating_add(limit.token() - 1) / limit.token(),
-                limit.unscale_ceil(ahead),
-            ),
-        };
-        let remaining = (limit.capacity as i128 - used).clamp(0, limit.capacity as i128) as u64;
+        let (remaining, reset_ns) = Self::left_at(limit, ahead);
         let full_at = limit.unscale_ceil(tat.max(0));
         Outcome {
             allowed,
             remaining,
-            reset_ns: reset.clamp(0, u64::MAX as i128) as u64,
+            reset_ns,
             full_at_ns: full_at.clamp(0, i64::MAX as i128) as i64,
+        }
+    }
+
+    /// Whole tokens left and nanoseconds until full, for a bucket whose TAT is `ahead`
+    /// (at least 0) scaled units after now.
+    fn left_at(limit: &Limit, ahead: i128) -> (u64, u64) {
+        let capacity = u64::from(limit.capacity);
+        match u64::try_from(ahead) {
+            // Within 2^64 of now (every bucket but those of years-long periods in debt): the
+            // same rounded-up quotients in u64, one machine division each, and no clamp (a
+            // quotient of a u64 fits one).
+            Ok(a) => (
+                capacity - a.div_ceil(limit.unit_ns()).min(capacity),
+                a.div_ceil(u64::from(limit.per_unit)),
+            ),
+            Err(_) => {
+                let used = ahead.saturating_add(limit.token() - 1) / limit.token();
+                let remaining = (i128::from(capacity) - used).clamp(0, i128::from(capacity));
+                let reset = limit.unscale_ceil(ahead).clamp(0, u64::MAX as i128);
+                (remaining as u64, reset as u64)
+            }
         }
     }
 
@@ -415,6 +448,82 @@ impl BucketState {
     /// Like [`admit`](Self::admit), but `permit = false` forces a refusal that still records the
     /// demand: a request that another descriptor (or the burst guard) rejected charges nothing.
     pub fn charge(
+        &mut self,
+        limit: &Limit,
+        who: ReplicaId,
+        n: u64,
+        now: i64,
+        debt_cap: u64,
+        permit: bool,
+    ) -> Outcome {
+        match self.bounded(limit, n, now, debt_cap) {
+            Some(b) => self.charge_bounded(limit, who, n, now, b, permit),
+            None => self.charge_saturating(limit, who, n, now, debt_cap, permit),
+        }
+    }
+
+    /// Whether a charge of `n` at `now` stays inside [`Bounded`]'s limits, where plain i128
+    /// arithmetic gives what the saturating steps give: every real bucket does, so the
+    /// saturating path only runs for states and times near the ends of the ranges.
+    fn bounded(&self, limit: &Limit, n: u64, now: i64, debt_cap: u64) -> Option<Bounded> {
+        let net = i64::try_from(self.net_consumed()).ok()?;
+        net.checked_add_unsigned(n)?;
+        let cap_and_debt = u64::from(limit.capacity).checked_add(debt_cap)?;
+        let small = |v: i128| v.unsigned_abs() < BOUNDED_WIDE;
+        (now >= 0 && small(self.base()) && small(self.forgiven()))
+            .then_some(Bounded { net, cap_and_debt })
+    }
+
+    /// [`charge`](Self::charge) for a [`Bounded`] state: the same steps, with TAT kept as
+    /// `ahead`, its distance past now. Nothing saturates (see [`BOUNDED_WIDE`]), so each step
+    /// is the saturating one's exactly (the proptests in `tests.rs` pin the two paths equal).
+    fn charge_bounded(
+        &mut self,
+        limit: &Limit,
+        who: ReplicaId,
+        n: u64,
+        now: i64,
+        b: Bounded,
+        permit: bool,
+    ) -> Outcome {
+        let t = limit.scaled(now);
+        let (base, forgiven) = (self.base(), self.forgiven());
+        let tat = base + Self::span_of(limit, i128::from(b.net)) - forgiven;
+        // 1. Full bucket: forget the overflow, TAT becomes now.
+        if tat < t {
+            self.base = Wide::of(base + (t - tat));
+        }
+        let mut ahead = (tat - t).max(0);
+        // 2. Debt beyond K tokens is forgiven: TAT becomes the ceiling.
+        let ceiling = limit.tokens_span(b.cap_and_debt);
+        if ahead > ceiling {
+            self.forgiven = Wide::of(forgiven + (ahead - ceiling));
+            ahead = ceiling;
+        }
+        // 3. Admit iff the tokens are there (TAT is at least now: `max(TAT, t)` is TAT).
+        let allowed =
+            permit && ahead + limit.tokens_span(n) <= limit.tokens_span(limit.capacity as u64);
+        if n > 0 {
+            let slot = self.slot_mut(who);
+            slot.requested = slot.requested.saturating_add(n);
+            if allowed {
+                let before = slot.consumed;
+                slot.consumed = before.saturating_add(n);
+                ahead += limit.tokens_span(slot.consumed - before);
+            }
+        }
+        // TAT is `now * r + ahead`, at least 0: full again `ceil(ahead / r)` after now.
+        let (remaining, reset_ns) = Self::left_at(limit, ahead);
+        Outcome {
+            allowed,
+            remaining,
+            reset_ns,
+            full_at_ns: (i128::from(now) + i128::from(reset_ns)).min(i64::MAX as i128) as i64,
+        }
+    }
+
+    /// [`charge`](Self::charge) in saturating steps, for any state and time.
+    fn charge_saturating(
         &mut self,
         limit: &Limit,
         who: ReplicaId,

@@ -64,7 +64,7 @@ pub(crate) fn apply(
 
 /// The admissions decided all or nothing among themselves, merged with `early` (the other
 /// charges' verdicts from [`apply`]; empty when every charge is an admission) into one verdict
-/// per charge. `admitted` says, from which
+/// per charge, pushed on `verdicts` (empty). `admitted` says, from which
 /// charges are within their bucket (one per charge, `early`'s included), whether the request
 /// is admitted; the store asks it while it holds the locks of every bucket it charges.
 pub(crate) fn admit(
@@ -74,11 +74,11 @@ pub(crate) fn admit(
     mode: Mode,
     now: i64,
     admitted: impl FnOnce(&dyn Fn(usize) -> bool) -> bool,
-) -> SmallVec<[Verdict; 4]> {
+    verdicts: &mut SmallVec<[Verdict; 4]>,
+) {
     if early.iter().all(Option::is_none) {
-        return store.decide_with(charges, mode, now, |fits: Fits<'_>| {
-            admitted(&|c| fits.get(c))
-        });
+        let admitted = |fits: Fits<'_>| admitted(&|c| fits.get(c));
+        return store.decide_into(charges, mode, now, admitted, verdicts);
     }
     let plain: SmallVec<[Charge; 4]> = charges
         .iter()
@@ -99,17 +99,14 @@ pub(crate) fn admit(
             admitted(&|c| within.get(c).copied().unwrap_or(false))
         })
         .into_iter();
-    early
-        .iter()
-        .map(|e| match e {
-            Some(v) => *v,
-            // As many admissions as `plain` holds, in the same order.
-            None => decided.next().unwrap_or_else(|| Verdict {
-                within: false,
-                charged: false,
-                outcome: crate::bucket::BucketState::default().peek(&charges[0].limit, now),
-                placement: crate::store::Placement::Refused,
-            }),
-        })
-        .collect()
+    verdicts.extend(early.iter().map(|e| match e {
+        Some(v) => *v,
+        // As many admissions as `plain` holds, in the same order.
+        None => decided.next().unwrap_or_else(|| Verdict {
+            within: false,
+            charged: false,
+            outcome: crate::bucket::BucketState::default().peek(&charges[0].limit, now),
+            placement: crate::store::Placement::Refused,
+        }),
+    }));
 }

@@ -87,10 +87,19 @@ impl<'a> Decision<'_, 'a> {
     /// Of a descriptor's limits (one, or a `rate_limits` list), the one its status reports:
     /// an over one before any within, then the fewest tokens left, then the longest time until
     /// the bucket is full again (the first of equals).
+    ///
+    /// Inline for the one-limit descriptor (most of them): the response reads a few fields of
+    /// the outcome, and a call returned all of it through memory.
+    #[inline]
     fn most_restrictive(&self, ls: &[Limited<'a>]) -> LimitedOutcome<'a> {
-        if let [l] = ls {
-            return self.limited(l);
+        match ls {
+            [l] => self.limited(l),
+            _ => self.most_restrictive_of(ls),
         }
+    }
+
+    /// [`most_restrictive`](Self::most_restrictive) of a `rate_limits` list.
+    fn most_restrictive_of(&self, ls: &[Limited<'a>]) -> LimitedOutcome<'a> {
         let mut outcomes = ls.iter().map(|l| self.limited(l));
         let first = outcomes.next();
         let pick = outcomes.fold(first, |best, o| match best {
@@ -116,6 +125,7 @@ impl<'a> Decision<'_, 'a> {
         })
     }
 
+    #[inline]
     fn limited(&self, l: &Limited<'a>) -> LimitedOutcome<'a> {
         let mut o = LimitedOutcome {
             rule: l.rule,
@@ -188,20 +198,34 @@ pub(crate) fn decide<'r, 'a>(
         &resolved.charges
     };
     // What the store's admission rule found is the request's answer: the verdicts' `within`
-    // are the fits it was told.
+    // are the fits it was told. The verdicts go straight into the decision: built aside, they
+    // were copied into it.
+    let mut decision = Decision {
+        resolved,
+        verdicts: SmallVec::new(),
+        over: false,
+        global_shadow: false,
+    };
     let mut found = None;
-    let verdicts = after::admit(store, charges, &early, mode, now, |within| {
+    let admitted = |within: &dyn Fn(usize) -> bool| {
         let o = over(plans, &count, within);
         found = Some(o);
         !o
-    });
+    };
+    after::admit(
+        store,
+        charges,
+        &early,
+        mode,
+        now,
+        admitted,
+        &mut decision.verdicts,
+    );
+    let verdicts = &decision.verdicts;
     let over = blocked || found.unwrap_or_else(|| over(plans, &count, |c| verdicts[c].within));
-    Decision {
-        resolved,
-        verdicts,
-        over,
-        global_shadow: over && global_shadow,
-    }
+    decision.over = over;
+    decision.global_shadow = over && global_shadow;
+    decision
 }
 
 /// Whether the request is over, given which charges are `within` their bucket: an enforced

@@ -97,35 +97,34 @@ pub(crate) fn resolve<'a>(
         }
         return Ok(());
     };
-    let matched: SmallVec<[Matched<'a>; 4]> = req
-        .descriptors
-        .iter()
-        .map(|d| {
-            if d.entries.is_empty() {
-                // The reference answers an empty descriptor OK, with no limit.
-                Matched::Nothing
-            } else if let Some(o) = &d.limit {
-                Matched::Override(o)
-            } else {
-                let entries = d.entries.iter().map(|e| (e.key.as_str(), e.value.as_str()));
-                match domain.lookup(entries) {
-                    Some((i, r)) => Matched::Rules(i, r),
-                    None => Matched::Nothing,
-                }
+    // Pushed one by one where it stays: a collected `SmallVec` is built aside and then moved
+    // (copied) into place.
+    let mut matched: SmallVec<[Matched<'a>; 4]> = SmallVec::new();
+    for d in &req.descriptors {
+        matched.push(if d.entries.is_empty() {
+            // The reference answers an empty descriptor OK, with no limit.
+            Matched::Nothing
+        } else if let Some(o) = &d.limit {
+            Matched::Override(o)
+        } else {
+            let entries = d.entries.iter().map(|e| (e.key.as_str(), e.value.as_str()));
+            match domain.lookup(entries) {
+                Some((i, r)) => Matched::Rules(i, r),
+                None => Matched::Nothing,
             }
-        })
-        .collect();
-    // `replaces`: a matched rule named in another matched rule's replaces is dropped.
-    let replaced: SmallVec<[&str; 4]> = matched
-        .iter()
-        .filter_map(|m| match m {
-            Matched::Rules(_, r) => {
-                Some(r.iter().flat_map(|r| r.replaces.iter().map(String::as_str)))
+        });
+    }
+    // `replaces`: a matched rule named in another matched rule's replaces is dropped. Plain
+    // loops: most rules replace nothing, and a chain of flattening iterators cost more to
+    // find that out than the lookups it follows.
+    let mut replaced: SmallVec<[&str; 4]> = SmallVec::new();
+    for m in &matched {
+        if let Matched::Rules(_, rules) = m {
+            for name in rules.iter().flat_map(|r| &r.replaces) {
+                replaced.push(name.as_str());
             }
-            _ => None,
-        })
-        .flatten()
-        .collect();
+        }
+    }
 
     let request_hits = u64::from(req.hits_addend).max(1);
     let mut r = Resolver {

@@ -255,6 +255,8 @@ impl Shard {
     }
 
     /// Whether the ask fits the key `id` (its entry at `pos`, if it has one) under `mode`.
+    /// Inline: a few branches around the bucket's check, called for every charge.
+    #[inline]
     fn fits(&self, id: u128, pos: Option<Pos>, ask: &Ask, mode: Mode) -> bool {
         let (share, acked) = (self.share(id, mode), self.acked(id, mode));
         self.state_or_fresh(pos, ask.now, |state| mode.fits(ask, state, share, acked))
@@ -516,6 +518,22 @@ impl Store {
         now: i64,
         admitted: impl FnOnce(Fits<'_>) -> bool,
     ) -> SmallVec<[Verdict; 4]> {
+        let mut verdicts = SmallVec::new();
+        self.decide_into(charges, mode, now, admitted, &mut verdicts);
+        verdicts
+    }
+
+    /// [`decide_with`](Self::decide_with), the verdicts pushed on `verdicts` (the caller's,
+    /// kept where the caller keeps them: a returned `SmallVec` of them was copied on its way
+    /// out, on every request).
+    pub fn decide_into(
+        &self,
+        charges: &[Charge],
+        mode: Mode,
+        now: i64,
+        admitted: impl FnOnce(Fits<'_>) -> bool,
+        verdicts: &mut SmallVec<[Verdict; 4]>,
+    ) {
         let mut locked = self.lock(charges, mode, now);
         let mut places: SmallVec<[Place; 4]> = SmallVec::new();
         for (i, c) in charges.iter().enumerate() {
@@ -523,11 +541,9 @@ impl Store {
             places.push(place);
         }
         let admitted = admitted(Fits(&places));
-        charges
-            .iter()
-            .zip(&places)
-            .map(|(c, p)| self.take(&mut locked, c, p, admitted))
-            .collect()
+        for (c, p) in charges.iter().zip(&places) {
+            verdicts.push(self.take(&mut locked, c, p, admitted));
+        }
     }
 
     /// Lock every shard the charges live in, in ascending order, so that concurrent

@@ -1105,3 +1105,78 @@ proptest! {
         prop_assert_eq!(got.slots(), &want.slots[..]);
     }
 }
+
+/// States at the edges of the bounded path: `B` and `F` just inside and outside 2^124, net
+/// counts just inside and outside an i64.
+fn arb_near_bound_state() -> impl Strategy<Value = BucketState> {
+    let edge = 1i128 << 124;
+    let wide = prop_oneof![
+        2 => -edge..edge,
+        1 => Just(edge - 1),
+        1 => Just(1 - edge),
+        1 => Just(edge),
+        2 => 0i128..1 << 100,
+    ];
+    let top = i64::MAX as u64;
+    let count = prop_oneof![
+        1 => Just(top),
+        1 => (top - 10_000)..=(top + 10_000),
+        2 => 0u64..10_000,
+        1 => any::<u64>(),
+    ];
+    let slot = (0u32..3, count.clone(), count.clone()).prop_map(|(r, c, q)| Slot {
+        replica: ReplicaId(r),
+        consumed: c,
+        requested: q,
+    });
+    let refund = (0u32..3, count).prop_map(|(r, n)| Refund {
+        replica: ReplicaId(r),
+        refunded: n,
+    });
+    (
+        wide.clone(),
+        wide,
+        prop::collection::vec(slot, 0..3),
+        prop::collection::vec(refund, 0..2),
+    )
+        .prop_map(|(b, f, slots, refunds)| {
+            BucketState::from_parts(1, b, f, slots).with_refunds(refunds)
+        })
+}
+
+#[test]
+fn a_real_bucket_is_charged_on_the_bounded_path() {
+    let l = Limit::new(1_000_000_000, 1_000_000_000, Unit::Second).expect("valid");
+    let mut s = BucketState::new(1);
+    for i in 0..3 {
+        let now = T0 + i * SEC;
+        assert!(s.bounded(&l, 5, now, u64::from(l.capacity())).is_some());
+        assert!(
+            s.admit(&l, ReplicaId(0), 5, now, u64::from(l.capacity()))
+                .allowed
+        );
+    }
+}
+
+proptest! {
+    #[test]
+    fn a_bounded_charge_is_the_saturating_charge(
+        s in prop_oneof![arb_state(), arb_extreme_state(), arb_near_bound_state()],
+        l in prop_oneof![arb_limit(), arb_any_limit()],
+        who in (0u32..3).prop_map(ReplicaId),
+        n in prop_oneof![0u64..300, any::<u64>(), Just(u64::MAX)],
+        now in prop_oneof![arb_step().prop_map(|dt| T0 + dt), arb_time(), Just(0i64)],
+        debt_cap in prop_oneof![0u64..1_000, any::<u64>()],
+        permit in any::<bool>(),
+    ) {
+        // Only states the bounded path takes: the others are charged by the saturating one.
+        let Some(b) = s.bounded(&l, n, now, debt_cap) else {
+            return Ok(());
+        };
+        let (mut fast, mut slow) = (s.clone(), s);
+        let got = fast.charge_bounded(&l, who, n, now, b, permit);
+        let want = slow.charge_saturating(&l, who, n, now, debt_cap, permit);
+        prop_assert_eq!(got, want);
+        prop_assert_eq!(fast, slow);
+    }
+}
