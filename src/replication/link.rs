@@ -578,6 +578,10 @@ struct Steady<'a> {
     pings: u64,
     pongs: u64,
     goodbye: Option<u64>,
+    /// A Ping being timed (its number and when it went, in liveness time): its Pong is a
+    /// round-trip sample for the outbox, so that a link's first frames, before any of them
+    /// is acknowledged, already get their early copy after the round trip.
+    timed_ping: Option<(u64, Nanos)>,
     /// The version of the receiving-from report last sent (`None`: none yet).
     reported: Option<u64>,
 }
@@ -591,6 +595,7 @@ impl<'a> Steady<'a> {
             pings: 0,
             pongs: 0,
             goodbye: None,
+            timed_ping: None,
             reported: None,
         }
     }
@@ -656,6 +661,7 @@ impl<'a> Steady<'a> {
         };
         out.send(tx, frame(Kind::Ping(ping))).await?;
         self.pings += 1;
+        self.timed_ping.get_or_insert((self.pings, self.link.now()));
         self.link.pinged();
         Ok(())
     }
@@ -683,6 +689,12 @@ impl<'a> Steady<'a> {
                 kind: Some(Kind::Pong(p)),
             })) => {
                 self.pongs += 1;
+                if let Some((n, sent)) = self.timed_ping.filter(|(n, _)| *n <= self.pongs) {
+                    if n == self.pongs {
+                        out.ping_answered(self.link.now().saturating_sub(sent));
+                    }
+                    self.timed_ping = None;
+                }
                 self.link.ponged(self.pongs >= self.pings);
                 if self.goodbye.is_some_and(|g| self.pongs >= g) {
                     self.link.said_goodbye.store(true, Ordering::Release);

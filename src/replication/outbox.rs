@@ -23,6 +23,9 @@ const FIRST_RESEND_AFTER: Duration = Duration::from_secs(1);
 /// loopback link would only add load), nor later (a loss on a slow link still heals).
 const MIN_RESEND_AFTER: Duration = Duration::from_millis(5);
 const MAX_RESEND_AFTER: Duration = Duration::from_secs(1);
+/// An early copy never goes sooner than this after its frame: below it, a late ack on a busy
+/// node is as likely as a loss, and a copy would only add frames.
+const MIN_COPY_AFTER: Duration = Duration::from_millis(2);
 
 /// Smoothed round trip of acknowledgements (RFC 6298's estimator, without its backoff: a
 /// resend here is idempotent and cheap, and TCP below already backs off).
@@ -54,6 +57,19 @@ impl Rtt {
         match self.srtt {
             None => FIRST_RESEND_AFTER,
             Some(s) => (s + self.rttvar * 4 + slack).clamp(MIN_RESEND_AFTER, MAX_RESEND_AFTER),
+        }
+    }
+
+    /// How long a steady frame may go unacknowledged before its early copy: when the round
+    /// trip plus four deviations is shorter than a sync interval (`slack`), that much (the
+    /// ack is late, so the frame is most likely lost: copy it now rather than with the next
+    /// round); otherwise, and before the first measure, a sync interval, so that the copy
+    /// goes in the next round's frames with its keys that did not change again.
+    fn copy_after(&self, slack: Duration) -> Duration {
+        let round = slack.max(MIN_COPY_AFTER);
+        match self.srtt {
+            None => round,
+            Some(s) => (s + self.rttvar * 4).clamp(MIN_COPY_AFTER, round),
         }
     }
 }
@@ -122,6 +138,13 @@ impl<'a> Outbox<'a> {
         self.publish();
     }
 
+    /// A Ping sent `took` ago was answered: a round-trip sample like an acknowledgement's
+    /// (the peer answers both at once), and the only one a link has before its first frame
+    /// with keys is acknowledged.
+    pub fn ping_answered(&mut self, took: Nanos) {
+        self.rtt.sample(Duration::from_nanos(took.max(0) as u64));
+    }
+
     /// Everything sent has been acknowledged.
     pub fn all_acked(&self) -> bool {
         self.in_flight.is_empty()
@@ -132,10 +155,11 @@ impl<'a> Outbox<'a> {
         self.rtt.timeout(self.slack)
     }
 
-    /// How long a steady frame goes unacknowledged before its early copy: a sync interval,
-    /// so that a lost last change goes again with the next round's keys.
+    /// How long a steady frame goes unacknowledged before its early copy: the round trip's
+    /// measure when that is shorter than a sync interval, else a sync interval
+    /// ([`Rtt::copy_after`]).
     fn copy_after(&self) -> Duration {
-        self.slack.max(MIN_RESEND_AFTER)
+        self.rtt.copy_after(self.slack)
     }
 
     /// When the next unacknowledged frame is due to be resent or copied (`None`: nothing in
@@ -146,12 +170,18 @@ impl<'a> Outbox<'a> {
     }
 
     /// Put back into the dirty set the keys of the frames due for their early copy. A push a
-    /// quarter of the delay early (the next fan-out round's, which comes a sync interval after
-    /// the one that sent the frame) takes the copies along, so that they go in the same frames
-    /// as the round's keys instead of a frame of their own just before.
+    /// quarter of the delay early (on a slow link, the next fan-out round's, which comes a sync
+    /// interval after the one that sent the frame) takes the copies along, so that they go in
+    /// the same frames as the round's keys instead of a frame of their own just before. On a
+    /// fast link the copy goes on time: its ack may still be on its way a quarter early.
     pub fn copy_unacked(&mut self) {
         let copy = self.copy_after();
-        let old_enough = nanos(copy - copy / 4);
+        let with_the_round = copy >= self.slack;
+        let old_enough = nanos(if with_the_round {
+            copy - copy / 4
+        } else {
+            copy
+        });
         let now = self.link.now();
         self.in_flight
             .copy(now, old_enough, &mut self.link.dirty.lock());
@@ -286,6 +316,47 @@ mod tests {
         }
         let t = r.timeout(10 * MS);
         assert!(t >= 60 * MS && t < 70 * MS, "{t:?}");
+    }
+
+    #[test]
+    fn on_a_fast_link_a_frame_is_copied_once_its_ack_is_late_not_a_sync_interval_later() {
+        let mut r = Rtt::default();
+        for _ in 0..50 {
+            r.sample(MS);
+        }
+        let copy = r.copy_after(10 * MS);
+        assert!(copy >= 2 * MS && copy < 3 * MS, "{copy:?}");
+        assert!(
+            copy < r.timeout(10 * MS),
+            "the copy comes before the resend"
+        );
+    }
+
+    #[test]
+    fn on_a_slow_link_or_before_any_ack_a_frame_is_copied_with_the_next_round() {
+        assert_eq!(Rtt::default().copy_after(10 * MS), 10 * MS);
+        let mut slow = Rtt::default();
+        for _ in 0..50 {
+            slow.sample(50 * MS);
+        }
+        assert_eq!(slow.copy_after(10 * MS), 10 * MS);
+        let mut jittery = Rtt::default();
+        jittery.sample(MS);
+        assert_eq!(jittery.copy_after(10 * MS), 3 * MS, "1 ms + 4 x 0.5 ms");
+        jittery.sample(20 * MS);
+        assert_eq!(
+            jittery.copy_after(10 * MS),
+            10 * MS,
+            "a deviation past the round"
+        );
+    }
+
+    #[test]
+    fn an_early_copy_never_goes_sooner_than_its_floor() {
+        let mut fast = Rtt::default();
+        fast.sample(Duration::from_micros(50));
+        assert_eq!(fast.copy_after(10 * MS), MIN_COPY_AFTER);
+        assert_eq!(fast.copy_after(Duration::from_micros(100)), MIN_COPY_AFTER);
     }
 
     #[test]
