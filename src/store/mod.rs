@@ -258,6 +258,11 @@ impl Shard {
     /// Inline: a few branches around the bucket's check, called for every charge.
     #[inline]
     fn fits(&self, id: u128, pos: Option<Pos>, ask: &Ask, mode: Mode) -> bool {
+        // Shared mode (a single node's, and a cluster's without guard or fair share) needs no
+        // side table: the bucket's own check, without two lookups that find nothing.
+        if let (Mode::Shared, Some(p)) = (mode, pos) {
+            return self.map.at(p).state.check(&ask.limit, ask.hits, ask.now);
+        }
         let (share, acked) = (self.share(id, mode), self.acked(id, mode));
         self.state_or_fresh(pos, ask.now, |state| mode.fits(ask, state, share, acked))
     }
