@@ -402,7 +402,26 @@ impl BucketState {
     /// whether the bucket is within its limit at all (false only while in debt).
     pub fn check(&self, limit: &Limit, n: u64, now: i64) -> bool {
         let t = limit.scaled(now);
-        Self::fits(limit, self.tat(limit), t, n)
+        match self.bounded_tat(limit) {
+            // Exact (see `bounded_tat`): `max(TAT, t) + T_s n` and `t + T_s C` stay below
+            // 2^127, so the plain sums are the saturating ones.
+            Some(tat) => {
+                tat.max(t) + limit.tokens_span(n) <= t + limit.tokens_span(limit.capacity as u64)
+            }
+            None => Self::fits(limit, self.tat(limit), t, n),
+        }
+    }
+
+    /// TAT in plain i128 steps, for a state within [`BOUNDED_WIDE`] whose net tokens in use
+    /// fit an i64 (every real one): `|B|, |F| < 2^124` and a span below 2^125 keep `|TAT|`
+    /// below 2^126, so nothing saturates and it is [`tat`](Self::tat) exactly. The fit check
+    /// runs on every charge; its saturating steps were a fifth of it.
+    fn bounded_tat(&self, limit: &Limit) -> Option<i128> {
+        let net = i64::try_from(self.net_consumed()).ok()?;
+        let (base, forgiven) = (self.base(), self.forgiven());
+        let small = |v: i128| v.unsigned_abs() < BOUNDED_WIDE;
+        (small(base) && small(forgiven))
+            .then(|| base + Self::span_of(limit, i128::from(net)) - forgiven)
     }
 
     /// Whether `n` tokens fit a bucket with this `tat` at scaled time `t`.

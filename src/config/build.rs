@@ -95,10 +95,12 @@ pub(crate) fn build(
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
+    let replaces = rules.iter().any(|r| !r.replaces.is_empty());
     let mut config = RateLimitConfig {
         domain_names: kept.iter().map(|(d, _)| d.as_str().into()).collect(),
         domains,
         rules,
+        replaces,
         fingerprint: 0,
     };
     config.fingerprint = fingerprint(&config);

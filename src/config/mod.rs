@@ -139,6 +139,7 @@ pub enum Match<'a> {
 pub struct DomainRules<'a> {
     level: &'a Level,
     rules: &'a [Rule],
+    replaces: bool,
 }
 
 impl<'a> DomainRules<'a> {
@@ -152,6 +153,12 @@ impl<'a> DomainRules<'a> {
         let (i, n) = self.level.lookup(entries)?;
         self.rules.get(i..i + n).map(|r| (i, r))
     }
+
+    /// Whether any rule of the config names rules it replaces: without one, a request's
+    /// descriptors are resolved each on its own, in one pass.
+    pub fn has_replaces(&self) -> bool {
+        self.replaces
+    }
 }
 
 /// The loaded rules of every domain. Immutable; `Send + Sync`.
@@ -162,6 +169,8 @@ pub struct RateLimitConfig {
     domain_names: Vec<Box<str>>,
     /// Every rule, sorted by domain then in config order (depth first); nodes index into it.
     rules: Vec<Rule>,
+    /// Some rule has a `replaces` list (most configs have none).
+    replaces: bool,
     fingerprint: u64,
 }
 
@@ -209,6 +218,7 @@ impl RateLimitConfig {
         self.domains.get(name).map(|level| DomainRules {
             level,
             rules: &self.rules,
+            replaces: self.replaces,
         })
     }
 

@@ -11,7 +11,7 @@ use super::keys;
 use super::period;
 use super::{Active, RequestError, RuleMetrics};
 use crate::bucket::Limit;
-use crate::config::{Rule, RuleLimit};
+use crate::config::{DomainRules, Rule, RuleLimit};
 use crate::store::{Charge, KeyId};
 use crate::unit::Unit;
 
@@ -73,6 +73,7 @@ struct Descriptor<'a> {
 }
 
 /// What a descriptor matched, before `replaces` is applied.
+#[derive(Clone, Copy)]
 enum Matched<'a> {
     Nothing,
     Override(&'a RateLimitOverride),
@@ -97,35 +98,6 @@ pub(crate) fn resolve<'a>(
         }
         return Ok(());
     };
-    // Pushed one by one where it stays: a collected `SmallVec` is built aside and then moved
-    // (copied) into place.
-    let mut matched: SmallVec<[Matched<'a>; 4]> = SmallVec::new();
-    for d in &req.descriptors {
-        matched.push(if d.entries.is_empty() {
-            // The reference answers an empty descriptor OK, with no limit.
-            Matched::Nothing
-        } else if let Some(o) = &d.limit {
-            Matched::Override(o)
-        } else {
-            let entries = d.entries.iter().map(|e| (e.key.as_str(), e.value.as_str()));
-            match domain.lookup(entries) {
-                Some((i, r)) => Matched::Rules(i, r),
-                None => Matched::Nothing,
-            }
-        });
-    }
-    // `replaces`: a matched rule named in another matched rule's replaces is dropped. Plain
-    // loops: most rules replace nothing, and a chain of flattening iterators cost more to
-    // find that out than the lookups it follows.
-    let mut replaced: SmallVec<[&str; 4]> = SmallVec::new();
-    for m in &matched {
-        if let Matched::Rules(_, rules) = m {
-            for name in rules.iter().flat_map(|r| &r.replaces) {
-                replaced.push(name.as_str());
-            }
-        }
-    }
-
     let request_hits = u64::from(req.hits_addend).max(1);
     let mut r = Resolver {
         active,
@@ -133,31 +105,52 @@ pub(crate) fn resolve<'a>(
         global_quota,
         charges: &mut resolved.charges,
     };
-    for (index, (d, m)) in req.descriptors.iter().zip(&matched).enumerate() {
-        let hits = d.hits_addend.as_ref().map_or(request_hits, |h| h.value);
-        // Each plan is pushed where it is built: at about 90 bytes, every move of one was a
-        // copy.
-        match *m {
-            Matched::Nothing => resolved.plans.push(Plan::NoLimit),
-            Matched::Override(_) if d.is_negative_hits => {
-                return Err(RequestError::NegativeHits {
-                    index,
-                    on: "on a limit override".into(),
-                })
-            }
-            Matched::Override(o) => resolved.plans.push(r.override_plan(index, d, o, hits)?),
-            Matched::Rules(first, rules) => {
-                let descriptor = Descriptor {
-                    index,
-                    d,
-                    first,
-                    hits,
-                };
-                r.rules_plan(&descriptor, rules, &replaced, &mut resolved.plans)?
+    let plans = &mut resolved.plans;
+    // Without a `replaces` anywhere in the config, a descriptor's plan needs only its own
+    // match: one pass, and no list of matches kept for a second one.
+    if !domain.has_replaces() {
+        for (index, d) in req.descriptors.iter().enumerate() {
+            r.plan(index, d, matched(&domain, d), request_hits, &[], plans)?;
+        }
+        return Ok(());
+    }
+    // Pushed one by one where it stays: a collected `SmallVec` is built aside and then moved
+    // (copied) into place.
+    let mut all: SmallVec<[Matched<'a>; 4]> = SmallVec::new();
+    for d in &req.descriptors {
+        all.push(matched(&domain, d));
+    }
+    // `replaces`: a matched rule named in another matched rule's replaces is dropped. Plain
+    // loops: most rules replace nothing, and a chain of flattening iterators cost more to
+    // find that out than the lookups it follows.
+    let mut replaced: SmallVec<[&str; 4]> = SmallVec::new();
+    for m in &all {
+        if let Matched::Rules(_, rules) = m {
+            for name in rules.iter().flat_map(|r| &r.replaces) {
+                replaced.push(name.as_str());
             }
         }
     }
+    for (index, (d, m)) in req.descriptors.iter().zip(all).enumerate() {
+        r.plan(index, d, m, request_hits, &replaced, plans)?;
+    }
     Ok(())
+}
+
+/// What a descriptor matched in `domain`, before `replaces` is applied.
+fn matched<'a>(domain: &DomainRules<'a>, d: &'a RateLimitDescriptor) -> Matched<'a> {
+    if d.entries.is_empty() {
+        // The reference answers an empty descriptor OK, with no limit.
+        Matched::Nothing
+    } else if let Some(o) = &d.limit {
+        Matched::Override(o)
+    } else {
+        let entries = d.entries.iter().map(|e| (e.key.as_str(), e.value.as_str()));
+        match domain.lookup(entries) {
+            Some((i, r)) => Matched::Rules(i, r),
+            None => Matched::Nothing,
+        }
+    }
 }
 
 /// What every plan of one request shares: the config, the domain, and the charges so far.
@@ -169,6 +162,40 @@ struct Resolver<'a, 'r> {
 }
 
 impl<'a> Resolver<'a, '_> {
+    /// The plan of descriptor `index`, which matched `m`, pushed on `plans` (where it stays:
+    /// at about 90 bytes, every move of one was a copy).
+    fn plan(
+        &mut self,
+        index: usize,
+        d: &'a RateLimitDescriptor,
+        m: Matched<'a>,
+        request_hits: u64,
+        replaced: &[&str],
+        plans: &mut SmallVec<[Plan<'a>; 4]>,
+    ) -> Result<(), RequestError> {
+        let hits = d.hits_addend.as_ref().map_or(request_hits, |h| h.value);
+        match m {
+            Matched::Nothing => plans.push(Plan::NoLimit),
+            Matched::Override(_) if d.is_negative_hits => {
+                return Err(RequestError::NegativeHits {
+                    index,
+                    on: "on a limit override".into(),
+                })
+            }
+            Matched::Override(o) => plans.push(self.override_plan(index, d, o, hits)?),
+            Matched::Rules(first, rules) => {
+                let descriptor = Descriptor {
+                    index,
+                    d,
+                    first,
+                    hits,
+                };
+                self.rules_plan(&descriptor, rules, replaced, plans)?
+            }
+        }
+        Ok(())
+    }
+
     /// A descriptor with its own limit (`descriptor.limit`): the config is bypassed.
     fn override_plan(
         &mut self,

@@ -317,3 +317,73 @@ fn a_multi_unit_period_refills_over_the_whole_period() {
     clock.advance(Duration::from_secs(3));
     assert_eq!(ask(&l, vec![desc("slow", "x", Some(0), false)]).1[0].1, 1);
 }
+
+/// A config's rule in a domain of its own that replaces a rule by name: the limiter then takes
+/// the two-pass path of `resolve` for every request, even in `llm`, where nothing is replaced.
+const REPLACING: &str = r#"
+domain: elsewhere
+descriptors:
+  - key: k
+    rate_limit: {unit: second, requests_per_unit: 1, replaces: [{name: nothing}]}
+"#;
+
+fn limiter_of(files: &[(String, String)]) -> Limiter {
+    let config = RateLimitConfig::from_files(files).expect("valid config");
+    let store = Arc::new(Store::new(StoreConfig::default(), ReplicaId(0)));
+    let clock = Arc::new(ManualClock::new(T0));
+    Limiter::new(
+        config,
+        store,
+        clock,
+        Metrics::new(),
+        RequestBounds::default(),
+        0.8,
+    )
+}
+
+#[test]
+fn the_one_pass_resolve_answers_as_the_two_pass_one() {
+    let one = limiter_of(&[("t.yaml".into(), CONFIG.into())]);
+    let two = limiter_of(&[
+        ("t.yaml".into(), CONFIG.into()),
+        ("r.yaml".into(), REPLACING.into()),
+    ]);
+    let requests = [
+        vec![
+            desc("user", "a", None, false),
+            desc("mixed", "b", Some(4), false),
+        ],
+        vec![
+            desc("both", "c", Some(2), false),
+            desc("quota", "d", None, false),
+        ],
+        vec![
+            desc("both", "c", Some(2), false),
+            desc("nothing", "e", None, false),
+        ],
+        vec![
+            desc("streams", "f", Some(1), true),
+            desc("slow", "g", Some(7), false),
+        ],
+        // Refused: a refund on a rule that takes none.
+        vec![
+            desc("user", "a", Some(1), false),
+            desc("mixed", "b", Some(1), true),
+        ],
+        vec![
+            desc("quota", "d", Some(3), false),
+            desc("user", "a", Some(0), false),
+        ],
+    ];
+    for _ in 0..3 {
+        for descriptors in &requests {
+            let req = RateLimitRequest {
+                domain: "llm".into(),
+                descriptors: descriptors.clone(),
+                hits_addend: 0,
+            };
+            let answer = |l: &Limiter| format!("{:?}", l.should_rate_limit(&req));
+            assert_eq!(answer(&one), answer(&two));
+        }
+    }
+}

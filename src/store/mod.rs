@@ -258,6 +258,11 @@ impl Shard {
     /// Inline: a few branches around the bucket's check, called for every charge.
     #[inline]
     fn fits(&self, id: u128, pos: Option<Pos>, ask: &Ask, mode: Mode) -> bool {
+        // Shared mode (a single node's, and a cluster's without guard or fair share) needs no
+        // side table: the bucket's own check, without two lookups that find nothing.
+        if let (Mode::Shared, Some(p)) = (mode, pos) {
+            return self.map.at(p).state.check(&ask.limit, ask.hits, ask.now);
+        }
         let (share, acked) = (self.share(id, mode), self.acked(id, mode));
         self.state_or_fresh(pos, ask.now, |state| mode.fits(ask, state, share, acked))
     }
@@ -294,10 +299,15 @@ struct Locked<'s> {
 
 impl Locked<'_> {
     /// Where the guard of `shard` is in `guards`.
+    /// The first two looked at before a search: one or two shards are most requests'.
     fn lock_of(&self, shard: usize) -> usize {
-        self.order
-            .binary_search(&shard)
-            .expect("every charge's shard is locked")
+        match self.order.as_slice() {
+            [first, ..] if *first == shard => 0,
+            [_, second] if *second == shard => 1,
+            order => order
+                .binary_search(&shard)
+                .expect("every charge's shard is locked"),
+        }
     }
 
     /// The shard whose guard is `guards[lock]`.
@@ -551,13 +561,7 @@ impl Store {
     /// the first charge that needs it. The request decides at the latest time any of its
     /// shards has decided at (`Shard::latest`).
     fn lock<'s>(&'s self, charges: &[Charge], mode: Mode, now: i64) -> Locked<'s> {
-        let mut order: SmallVec<[usize; 4]> = SmallVec::new();
-        for c in charges {
-            let shard = self.shard_of(c.key);
-            if let Err(i) = order.binary_search(&shard) {
-                order.insert(i, shard);
-            }
-        }
+        let order = self.order_of(charges);
         let mut guards: SmallVec<[MutexGuard<'_, Shard>; 4]> =
             order.iter().map(|&i| self.shards[i].0.lock()).collect();
         let now = guards.iter_mut().fold(now, |now, g| g.decide_at(now));
@@ -574,6 +578,31 @@ impl Store {
             now,
             created: false,
         }
+    }
+
+    /// The shards of `charges`, ascending and each once. One or two charges (most requests)
+    /// are ordered by a comparison, without the search and insertion of the general case.
+    fn order_of(&self, charges: &[Charge]) -> SmallVec<[usize; 4]> {
+        let mut order: SmallVec<[usize; 4]> = SmallVec::new();
+        match charges {
+            [a] => order.push(self.shard_of(a.key)),
+            [a, b] => {
+                let (x, y) = (self.shard_of(a.key), self.shard_of(b.key));
+                order.push(x.min(y));
+                if x != y {
+                    order.push(x.max(y));
+                }
+            }
+            _ => {
+                for c in charges {
+                    let shard = self.shard_of(c.key);
+                    if let Err(i) = order.binary_search(&shard) {
+                        order.insert(i, shard);
+                    }
+                }
+            }
+        }
+        order
     }
 
     /// Where one charge lives (and its entry, if it has one), and whether it fits: existing

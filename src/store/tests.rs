@@ -618,3 +618,31 @@ fn setting_the_same_fair_share_again_keeps_the_spent_shares() {
         "half of the 200 the view holds"
     );
 }
+
+proptest::proptest! {
+    /// The short orders of one and two charges are the general case's: every shard once,
+    /// ascending.
+    #[test]
+    fn a_request_locks_its_shards_ascending_and_each_once(
+        keys in proptest::collection::vec(proptest::prelude::any::<u128>(), 1..6),
+        shards in 0u32..4,
+    ) {
+        let s = Store::new(
+            StoreConfig { shards: 1 << shards, ..StoreConfig::default() },
+            ReplicaId(0),
+        );
+        let charges: Vec<Charge> = keys
+            .iter()
+            .map(|&k| Charge { key: KeyId(k), ..charge("x", per_second(5), 1) })
+            .collect();
+        let mut want: Vec<usize> = charges.iter().map(|c| s.shard_of(c.key)).collect();
+        want.sort_unstable();
+        want.dedup();
+        let locked = s.lock(&charges, Mode::Shared, T0);
+        proptest::prop_assert_eq!(&locked.order[..], &want[..]);
+        for c in &charges {
+            let i = locked.lock_of(s.shard_of(c.key));
+            proptest::prop_assert_eq!(locked.order[i], s.shard_of(c.key));
+        }
+    }
+}

@@ -1180,3 +1180,19 @@ proptest! {
         prop_assert_eq!(fast, slow);
     }
 }
+
+proptest! {
+    #[test]
+    fn a_bounded_fit_check_is_the_saturating_one(
+        s in prop_oneof![arb_state(), arb_extreme_state(), arb_near_bound_state()],
+        l in prop_oneof![arb_limit(), arb_any_limit()],
+        n in prop_oneof![0u64..300, any::<u64>(), Just(u64::MAX)],
+        now in prop_oneof![arb_step().prop_map(|dt| T0 + dt), arb_time(), Just(0i64)],
+    ) {
+        let want = BucketState::fits(&l, s.tat(&l), l.scaled(now), n);
+        prop_assert_eq!(s.check(&l, n, now), want);
+        if let Some(tat) = s.bounded_tat(&l) {
+            prop_assert_eq!(tat, s.tat(&l));
+        }
+    }
+}
