@@ -4,7 +4,8 @@
 //!
 //! The early copy is what bounds convergence after a loss. The resend timeout is a round trip
 //! plus deviations plus a sync interval, so a lost last change would wait for it (65 ms on a
-//! link of 25 ms one way); a copy one sync interval after the send arrives within two sync
+//! link of 25 ms one way); a copy one sync interval after the send (on a link whose round trip
+//! is shorter, once the ack is late: [`super::outbox`] says when) arrives within two sync
 //! intervals plus the one-way latency, unless it is lost too. Each frame is copied once, and
 //! only its keys that no later frame carried: a key that keeps changing is in the next frame
 //! anyway. So below a sync interval of round trip only lost (or late) frames are copied, and

@@ -308,11 +308,12 @@ fn bound(n: usize, latency: Duration) -> u64 {
     CAPACITY + n as u64 * q_min
 }
 
-/// How long after the load stops every key may take to converge, here. The figure itself
-/// (BENCHMARKS.md: 49-145 ms at 1 ms one-way latency, 99 ms at 25 ms) is a measurement: it
-/// depends on what else the 2 cores run (these tests share them with the rest of the suite,
-/// and a lost Delta waits for its resend). The ceiling catches what a timing cannot hide: a
-/// key that converges only after a 1 s resend, a reconnect, or never.
+/// How long after the load stops every key may take to converge in real time. The figure
+/// itself (BENCHMARKS.md, "Replication at fleet scale") depends on what else the 2 cores run:
+/// 50 members' rounds share them with the rest of the suite, and a member that waits for a
+/// core sends late (the runs print the worst timer overrun). The ceiling catches what a
+/// timing cannot hide: a key that converges only after a 1 s resend, a reconnect, or never.
+/// The protocol's own delays are asserted in paused time ([`converges_in_paused_time`]).
 const CONVERGENCE_CEILING: Duration = Duration::from_secs(2);
 
 async fn check(n: usize, latency: Duration, pace: Option<Duration>) -> Run {
@@ -373,12 +374,27 @@ async fn a_fleet_25_ms_apart_converges_and_keeps_to_the_limit() {
     check(members(), Duration::from_millis(25), None).await;
 }
 
+/// In paused time (tokio's clock moves only when every task waits) the fleet's CPU costs
+/// nothing, so what the convergence measures is the protocol: a sync interval for the last
+/// change to go, the latency, and a sync interval for the early copy of a lost frame (on a
+/// fast link, a round trip). Within two sync intervals plus the latency, as the design
+/// says; plus the millisecond the convergence is polled at.
+async fn converges_in_paused_time(latency: Duration) {
+    let r = check(members(), latency, Some(PACE)).await;
+    let target = 2 * SYNC + latency + Duration::from_millis(1);
+    assert!(
+        r.converged_after <= target,
+        "converged {:?} after the load, target {target:?}",
+        r.converged_after
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn in_paused_time_a_fleet_one_ms_apart_converges_within_two_sync_intervals() {
-    check(members(), Duration::from_millis(1), Some(PACE)).await;
+    converges_in_paused_time(Duration::from_millis(1)).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn in_paused_time_a_fleet_25_ms_apart_converges_within_two_sync_intervals() {
-    check(members(), Duration::from_millis(25), Some(PACE)).await;
+    converges_in_paused_time(Duration::from_millis(25)).await;
 }
