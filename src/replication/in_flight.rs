@@ -173,13 +173,21 @@ impl InFlight {
     }
 
     /// Put into `dirty`, once per frame, the keys of the frames sent at least `old_enough`
-    /// before `now` that no later frame carried; the frames stay in flight.
-    pub fn copy(&mut self, now: Nanos, old_enough: Nanos, dirty: &mut HashMap<KeyId, Encoding>) {
+    /// before `now` that no later frame carried; the frames stay in flight. Returns how many
+    /// frames had keys to copy.
+    pub fn copy(
+        &mut self,
+        now: Nanos,
+        old_enough: Nanos,
+        dirty: &mut HashMap<KeyId, Encoding>,
+    ) -> u64 {
+        let mut copied = 0;
         for f in self.frames.iter_mut() {
             if f.copy != Copy::Due || now.saturating_sub(f.at) < old_enough {
                 continue;
             }
             let mut whole = true;
+            let mut any = false;
             for (k, how) in &f.keys {
                 match self.last_sent.get(k) {
                     Some(s) if s.seq == f.seq && s.copy => whole = false,
@@ -189,14 +197,17 @@ impl InFlight {
                             self.copying.insert(*k);
                         }
                         Encoding::queue(dirty, *k, *how);
+                        any = true;
                     }
                     // Sent again since.
                     _ => {}
                 }
             }
+            copied += u64::from(any);
             // A frame with a key not copied waits for its own ack (or resend).
             f.copy = if whole { Copy::Queued } else { Copy::Never };
         }
+        copied
     }
 
     /// The copies queued before a flush went in it, whose last frame is `through`.
@@ -209,15 +220,16 @@ impl InFlight {
     }
 
     /// Put into `dirty` the keys of the frames sent at least `older_than` before `now` (all
-    /// of them when `None`), and take the frames out of flight. Returns the lowest round
-    /// they stood for, of those that carried changes: acknowledging their resend must not
-    /// claim rounds after it.
+    /// of them when `None`), and take the frames out of flight. Returns how many frames go
+    /// again (copies are dropped, not resent), and the lowest round they stood for:
+    /// acknowledging their resend must not claim rounds after it.
     pub fn requeue(
         &mut self,
         now: Nanos,
         older_than: Option<Nanos>,
         dirty: &mut HashMap<KeyId, Encoding>,
-    ) -> Option<u64> {
+    ) -> (u64, Option<u64>) {
+        let mut resent = 0;
         let mut lowest: Option<u64> = None;
         let mut kept = VecDeque::new();
         for f in std::mem::take(&mut self.frames) {
@@ -229,6 +241,7 @@ impl InFlight {
             if f.copy_only {
                 continue;
             }
+            resent += 1;
             lowest = Some(lowest.map_or(f.round, |r| r.min(f.round)));
             // A copy is sent after the frame it copies, so it is never requeued without that
             // one: a copied frame never looks covered by a copy that was not acknowledged.
@@ -237,7 +250,7 @@ impl InFlight {
             }
         }
         self.frames = kept;
-        lowest
+        (resent, lowest)
     }
 }
 
@@ -266,8 +279,9 @@ mod tests {
     /// Copy what is due at `now` and send it as frame `seq`; returns the keys it carried.
     fn copy_and_send(f: &mut InFlight, now: Nanos, seq: u64, round: u64) -> Vec<KeyId> {
         let mut dirty = HashMap::new();
-        f.copy(now, COPY, &mut dirty);
+        let copied = f.copy(now, COPY, &mut dirty);
         let sent = sorted(&dirty);
+        assert_eq!(copied > 0, !sent.is_empty(), "frames copied counted");
         if !sent.is_empty() {
             f.sent(seq, dirty.into_iter().collect(), round, now, true);
         }
@@ -361,7 +375,11 @@ mod tests {
         f.sent(1, keys(&[1]), 5, 0, true);
         copy_and_send(&mut f, COPY, 2, 5);
         let mut dirty = HashMap::new();
-        assert_eq!(f.requeue(RESEND + COPY, Some(RESEND), &mut dirty), Some(5));
+        assert_eq!(
+            f.requeue(RESEND + COPY, Some(RESEND), &mut dirty),
+            (1, Some(5)),
+            "one frame resent, its copy dropped"
+        );
         assert_eq!(sorted(&dirty), vec![key(1)]);
         assert!(f.is_empty());
         // Sent again, the key is a change with a copy of its own.
@@ -385,7 +403,7 @@ mod tests {
         f.sent(1, keys(&[1]), 7, 0, true);
         f.sent(2, keys(&[2]), 4, MS, false);
         let mut dirty = HashMap::new();
-        assert_eq!(f.requeue(2 * MS, None, &mut dirty), Some(4));
+        assert_eq!(f.requeue(2 * MS, None, &mut dirty), (2, Some(4)));
         assert_eq!(sorted(&dirty), vec![key(1), key(2)]);
         assert!(f.is_empty());
     }

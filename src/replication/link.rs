@@ -107,6 +107,11 @@ pub(crate) struct Link {
     pub(super) frames_sent: Counter,
     pub(super) bytes_sent: Counter,
     pub(super) keys_sent: Counter,
+    /// Frames whose keys went again: unacknowledged past the resend timeout, or in flight
+    /// when the stream broke. Loss on the link shows here.
+    pub(super) frames_resent: Counter,
+    /// Frames copied early (unacknowledged for a sync interval, or a fast link's round trip).
+    pub(super) frames_copied: Counter,
     up: Gauge,
     lag: Gauge,
     offset: Gauge,
@@ -119,6 +124,8 @@ impl Link {
             frames_sent: m.peer_counter("tollgate_replication_frames_sent_total", &addr),
             bytes_sent: m.peer_counter("tollgate_replication_bytes_sent_total", &addr),
             keys_sent: m.peer_counter("tollgate_replication_keys_sent_total", &addr),
+            frames_resent: m.peer_counter("tollgate_replication_frames_resent_total", &addr),
+            frames_copied: m.peer_counter("tollgate_replication_frames_copied_total", &addr),
             up: m.peer_gauge("tollgate_peer_up", &addr),
             lag: m.peer_gauge("tollgate_replication_lag_seconds", &addr),
             offset: m.peer_gauge("tollgate_peer_clock_offset_seconds", &addr),

@@ -183,17 +183,20 @@ impl<'a> Outbox<'a> {
             copy
         });
         let now = self.link.now();
-        self.in_flight
+        let copied = self
+            .in_flight
             .copy(now, old_enough, &mut self.link.dirty.lock());
+        self.link.frames_copied.increment(copied);
     }
 
     /// Put frames back into the dirty set: all of them, or those unacknowledged for too long.
     pub fn requeue(&mut self, older_than: Option<Duration>) {
         let now = self.link.now();
-        let requeued =
+        let (resent, lowest) =
             self.in_flight
                 .requeue(now, older_than.map(nanos), &mut self.link.dirty.lock());
-        if let Some(round) = requeued {
+        self.link.frames_resent.increment(resent);
+        if let Some(round) = lowest {
             let floor = round.saturating_sub(1);
             self.requeued_floor = Some(self.requeued_floor.map_or(floor, |r| r.min(floor)));
         }

@@ -121,6 +121,15 @@ impl Fleet {
         (bytes, keys)
     }
 
+    /// Frames resent so far, cluster-wide: a frame lost together with its early copy.
+    async fn resent(&self) -> f64 {
+        let mut resent = 0.0;
+        for n in &self.nodes {
+            resent += series(&n.metrics().await, "tollgate_replication_frames_resent_total");
+        }
+        resent
+    }
+
     fn converged(&self) -> bool {
         let first = self.nodes[0].view();
         first.len() == KEYS && self.nodes.iter().all(|n| n.view() == first)
@@ -196,6 +205,9 @@ struct Run {
     converged_after: Duration,
     /// The worst timer overrun while converging ([`Overrun`]).
     overrun: Duration,
+    /// Frames resent between the end of the load and convergence (read in paused time
+    /// only: in real time reading 50 members' metrics would delay the measurement).
+    resent_in_tail: Option<f64>,
     bytes_per_admitted: f64,
     bytes_per_key_crossing: f64,
     crossings_per_request_per_member: f64,
@@ -242,6 +254,10 @@ async fn run(n: usize, latency: Duration, pace: Option<Duration>) -> Run {
         }
     }
     let stopped = Instant::now();
+    let resent_at_stop = match pace {
+        Some(_) => Some(fleet.resent().await),
+        None => None,
+    };
     let overrun = Overrun::start();
     let target = 2 * SYNC + latency;
     // Past the target: who was behind then, and who was last.
@@ -272,12 +288,17 @@ async fn run(n: usize, latency: Duration, pace: Option<Duration>) -> Run {
             &last[..last.len().min(6)]
         );
     }
+    let resent_in_tail = match resent_at_stop {
+        Some(r0) => Some(fleet.resent().await - r0),
+        None => None,
+    };
     fleet.net.set_loss(0, 0, 0);
     let (bytes1, keys1) = fleet.sent().await;
     let total: u64 = admitted.iter().sum();
     let r = Run {
         converged_after,
         overrun,
+        resent_in_tail,
         bytes_per_admitted: (bytes1 - bytes0) / total as f64,
         bytes_per_key_crossing: (bytes1 - bytes0) / (keys1 - keys0),
         crossings_per_request_per_member: (keys1 - keys0) / (per_node * n) as f64 / (n - 1) as f64,
@@ -285,13 +306,15 @@ async fn run(n: usize, latency: Duration, pace: Option<Duration>) -> Run {
     };
     eprintln!(
         "fleet of {n}, one-way latency {latency:?}, {}% of Deltas lost: admitted {:?} of \
-         {CAPACITY} per key, converged {:?} after the load (timers up to {:?} late meanwhile), \
+         {CAPACITY} per key, converged {:?} after the load (timers up to {:?} late meanwhile, \
+         frames resent meanwhile: {:?}), \
          {:.0} bytes per admitted request cluster-wide, {:.0} bytes per key per link crossing, {:.3} crossings per request \
          per member",
         loss() as f64 / 10.0,
         r.admitted,
         r.converged_after,
         r.overrun,
+        r.resent_in_tail,
         r.bytes_per_admitted,
         r.bytes_per_key_crossing,
         r.crossings_per_request_per_member
@@ -378,13 +401,20 @@ async fn a_fleet_25_ms_apart_converges_and_keeps_to_the_limit() {
 /// nothing, so what the convergence measures is the protocol: a sync interval for the last
 /// change to go, the latency, and a sync interval for the early copy of a lost frame (on a
 /// fast link, a round trip). Within two sync intervals plus the latency, as the design
-/// says; plus the millisecond the convergence is polled at.
+/// says; plus the millisecond the convergence is polled at. A frame lost together with its
+/// copy (one in 10,000 at 1 % loss) waits for its resend, a round trip plus deviations plus
+/// a sync interval of slack after it went: only a run that resent a frame after the load
+/// gets that much more.
 async fn converges_in_paused_time(latency: Duration) {
     let r = check(members(), latency, Some(PACE)).await;
-    let target = 2 * SYNC + latency + Duration::from_millis(1);
+    let mut target = 2 * SYNC + latency + Duration::from_millis(1);
+    let resent = r.resent_in_tail.expect("read in paused time");
+    if resent > 0.0 {
+        target += 2 * latency + 2 * SYNC;
+    }
     assert!(
         r.converged_after <= target,
-        "converged {:?} after the load, target {target:?}",
+        "converged {:?} after the load, target {target:?} ({resent} frames resent meanwhile)",
         r.converged_after
     );
 }
