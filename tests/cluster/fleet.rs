@@ -125,7 +125,10 @@ impl Fleet {
     async fn resent(&self) -> f64 {
         let mut resent = 0.0;
         for n in &self.nodes {
-            resent += series(&n.metrics().await, "tollgate_replication_frames_resent_total");
+            resent += series(
+                &n.metrics().await,
+                "tollgate_replication_frames_resent_total",
+            );
         }
         resent
     }
@@ -402,20 +405,16 @@ async fn a_fleet_25_ms_apart_converges_and_keeps_to_the_limit() {
 /// change to go, the latency, and a sync interval for the early copy of a lost frame (on a
 /// fast link, a round trip). Within two sync intervals plus the latency, as the design
 /// says; plus the millisecond the convergence is polled at. A frame lost together with its
-/// copy (one in 10,000 at 1 % loss) waits for its resend, a round trip plus deviations plus
-/// a sync interval of slack after it went: only a run that resent a frame after the load
-/// gets that much more.
+/// copy (one in 10,000 at 1 % loss) would wait for its resend and miss it; none did in the
+/// runs measured (BENCHMARKS.md). The run prints the frames resent after the load.
 async fn converges_in_paused_time(latency: Duration) {
     let r = check(members(), latency, Some(PACE)).await;
-    let mut target = 2 * SYNC + latency + Duration::from_millis(1);
-    let resent = r.resent_in_tail.expect("read in paused time");
-    if resent > 0.0 {
-        target += 2 * latency + 2 * SYNC;
-    }
+    let target = 2 * SYNC + latency + Duration::from_millis(1);
     assert!(
         r.converged_after <= target,
-        "converged {:?} after the load, target {target:?} ({resent} frames resent meanwhile)",
-        r.converged_after
+        "converged {:?} after the load, target {target:?} ({:?} frames resent meanwhile)",
+        r.converged_after,
+        r.resent_in_tail
     );
 }
 
