@@ -3,7 +3,7 @@
 # 50 and 100 members at 1 ms and 25 ms one-way latency, with 1 % of the Deltas lost and
 # without loss. Each run prints one "fleet of N" line: admitted per key, convergence after the
 # load, bytes per admitted request, bytes per key per link crossing, crossings per request per
-# member. The test suite runs only the 50-member, 1 % loss pair.
+# member. The test suite runs only the 50-member, 1 % loss runs (in real and in paused time).
 #
 #   [RUNS=K] [LOSSES="10 0"] scripts/bench/fleet-in-process.sh [MEMBERS...]   # default: 50 100
 #

@@ -5,6 +5,7 @@
 //! key, how far the cluster admitted past the limit against the design's bound, and what
 //! replication cost per admitted request.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -111,25 +112,33 @@ impl Fleet {
         fleet
     }
 
-    async fn sent(&self) -> (f64, f64) {
-        let (mut bytes, mut keys) = (0.0, 0.0);
+    /// Each of `names` summed over every member's series and every member.
+    async fn totals<const N: usize>(&self, names: [&str; N]) -> [f64; N] {
+        let mut sums = [0.0; N];
         for n in &self.nodes {
             let m = n.metrics().await;
-            bytes += series(&m, "tollgate_replication_bytes_sent_total");
-            keys += series(&m, "tollgate_replication_keys_sent_total");
+            for (sum, name) in sums.iter_mut().zip(names) {
+                *sum += series(&m, name);
+            }
         }
+        sums
+    }
+
+    async fn sent(&self) -> (f64, f64) {
+        let [bytes, keys] = self
+            .totals([
+                "tollgate_replication_bytes_sent_total",
+                "tollgate_replication_keys_sent_total",
+            ])
+            .await;
         (bytes, keys)
     }
 
     /// Frames resent so far, cluster-wide: a frame lost together with its early copy.
     async fn resent(&self) -> f64 {
-        let mut resent = 0.0;
-        for n in &self.nodes {
-            resent += series(
-                &n.metrics().await,
-                "tollgate_replication_frames_resent_total",
-            );
-        }
+        let [resent] = self
+            .totals(["tollgate_replication_frames_resent_total"])
+            .await;
         resent
     }
 
@@ -143,22 +152,18 @@ impl Fleet {
     /// lost frame; many at once are members that did not get to run.
     fn lagging(&self) -> Vec<(String, String)> {
         let views: Vec<_> = self.nodes.iter().map(|n| n.view()).collect();
-        let own = |i: usize, key: &u128| -> Option<(u64, u64, u64)> {
-            let name = format!("n{i}");
-            let (_, _, _, slots) = views[i].get(key)?;
-            let s = slots.iter().find(|s| s.0 == name)?;
-            Some((s.1, s.2, s.3))
+        // Member `o`'s own slot of `key` as `view` holds it.
+        let slot = |view: &BTreeMap<u128, View>, key: &u128, o: usize| {
+            let name = format!("n{o}");
+            let (_, _, _, slots) = view.get(key)?;
+            slots.iter().find(|s| s.0 == name).map(|s| (s.1, s.2, s.3))
         };
         let mut out = Vec::new();
         for (r, view) in views.iter().enumerate() {
-            for (o, _) in views.iter().enumerate().filter(|(o, _)| *o != r) {
+            for o in (0..views.len()).filter(|o| *o != r) {
                 let behind = views[o].keys().any(|k| {
-                    let theirs = own(o, k);
-                    let here = view.get(k).and_then(|(_, _, _, slots)| {
-                        let name = format!("n{o}");
-                        slots.iter().find(|s| s.0 == name).map(|s| (s.1, s.2, s.3))
-                    });
-                    theirs.is_some() && here != theirs
+                    let theirs = slot(&views[o], k, o);
+                    theirs.is_some() && slot(view, k, o) != theirs
                 });
                 if behind {
                     out.push((format!("n{r}"), format!("n{o}")));
