@@ -124,14 +124,16 @@ impl Fleet {
         sums
     }
 
-    async fn sent(&self) -> (f64, f64) {
-        let [bytes, keys] = self
+    /// Bytes and keys sent so far, and frames copied early, cluster-wide.
+    async fn sent(&self) -> (f64, f64, f64) {
+        let [bytes, keys, copied] = self
             .totals([
                 "tollgate_replication_bytes_sent_total",
                 "tollgate_replication_keys_sent_total",
+                "tollgate_replication_frames_copied_total",
             ])
             .await;
-        (bytes, keys)
+        (bytes, keys, copied)
     }
 
     /// Frames resent so far, cluster-wide: a frame lost together with its early copy.
@@ -216,6 +218,8 @@ struct Run {
     /// Frames resent between the end of the load and convergence (read in paused time
     /// only: in real time reading 50 members' metrics would delay the measurement).
     resent_in_tail: Option<f64>,
+    /// Frames copied early during the run, cluster-wide.
+    copied: f64,
     bytes_per_admitted: f64,
     bytes_per_key_crossing: f64,
     crossings_per_request_per_member: f64,
@@ -227,7 +231,7 @@ async fn run(n: usize, latency: Duration, pace: Option<Duration>) -> Run {
     let fleet = Fleet::start(n).await;
     fleet.net.set_delay(latency);
     fleet.net.set_loss(loss(), 0, 0);
-    let (bytes0, keys0) = fleet.sent().await;
+    let (bytes0, keys0, copied0) = fleet.sent().await;
     let per_node = (2 * CAPACITY as usize * KEYS).div_ceil(n);
     let tasks: Vec<_> = fleet
         .nodes
@@ -301,12 +305,13 @@ async fn run(n: usize, latency: Duration, pace: Option<Duration>) -> Run {
         None => None,
     };
     fleet.net.set_loss(0, 0, 0);
-    let (bytes1, keys1) = fleet.sent().await;
+    let (bytes1, keys1, copied1) = fleet.sent().await;
     let total: u64 = admitted.iter().sum();
     let r = Run {
         converged_after,
         overrun,
         resent_in_tail,
+        copied: copied1 - copied0,
         bytes_per_admitted: (bytes1 - bytes0) / total as f64,
         bytes_per_key_crossing: (bytes1 - bytes0) / (keys1 - keys0),
         crossings_per_request_per_member: (keys1 - keys0) / (per_node * n) as f64 / (n - 1) as f64,
@@ -327,6 +332,10 @@ async fn run(n: usize, latency: Duration, pace: Option<Duration>) -> Run {
         r.bytes_per_key_crossing,
         r.crossings_per_request_per_member
     );
+    // With Deltas lost, lost frames are copied, and the copies are counted.
+    if loss() > 0 {
+        assert!(r.copied > 0.0, "no frame copied with {}‰ lost", loss());
+    }
     r
 }
 
@@ -370,6 +379,10 @@ async fn check(n: usize, latency: Duration, pace: Option<Duration>) -> Run {
         "{}",
         r.crossings_per_request_per_member
     );
+    // With Deltas lost, lost frames are copied, and the copies are counted.
+    if loss() > 0 {
+        assert!(r.copied > 0.0, "no frame copied with {}‰ lost", loss());
+    }
     r
 }
 
