@@ -5,8 +5,9 @@
 //!
 //! It is a sink the link's frames go through, installed once per session when a test
 //! configured one ([`Faults::wrap`]): the production send path has no fault branches. A cut
-//! refuses the session after the Hellos and closes a session in progress; the faults act on
-//! whole Deltas, after the link numbered them, which is what a lossy network does to frames.
+//! refuses the session after the Hellos and closes a session in progress; loss, duplication
+//! and reordering act on whole Deltas, after the link numbered them, which is what a lossy
+//! network does to frames, and latency delays every frame, so round trips are real ones.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -15,9 +16,11 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use rand::Rng;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::proto::frame::Kind;
 use super::proto::Frame;
+use super::InboundTx;
 
 #[derive(Debug)]
 pub struct Faults {
@@ -122,9 +125,13 @@ impl Faults {
         s.reorder = reorder.min(1000);
     }
 
-    /// Every Delta waits this long before it is sent.
+    /// Every frame takes this long to cross a link (one-way latency).
     pub fn set_delay(&self, delay: Duration) {
         self.state.lock().delay = delay;
+    }
+
+    fn delay(&self) -> Duration {
+        self.state.lock().delay
     }
 
     /// Draw the fate of one outbound Delta.
@@ -161,10 +168,50 @@ impl Faults {
             to: to.to_string(),
             out,
             held: None,
+            line: None,
         };
         tokio::spawn(wire.run(rx));
         Some(tx)
     }
+
+    /// Put the test network's latency on the answers a node's service sends back on a peer's
+    /// stream (`out`): Acks, Pongs and membership messages take as long to cross as the
+    /// frames they answer, so a round trip over the test network is twice its delay. Nothing
+    /// is lost on the way back (loss applies to Deltas), and a cut closes the peer's side of
+    /// the stream, which ends this one.
+    pub(crate) fn delay_answers(self: &Arc<Self>, out: InboundTx) -> InboundTx {
+        let (tx, mut rx) = mpsc::channel(ANSWERS_IN_FLIGHT);
+        let net = self.clone();
+        tokio::spawn(async move {
+            let mut line = None;
+            while let Some(a) = rx.recv().await {
+                let delay = net.delay();
+                if delay.is_zero() && line.is_none() {
+                    if out.send(a).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                let line = line.get_or_insert_with(|| start_line(out.clone()));
+                if line.send((Instant::now() + delay, a)).is_err() {
+                    return;
+                }
+            }
+        });
+        tx
+    }
+}
+
+/// Room for answers on their way back, as the service's own channel has.
+const ANSWERS_IN_FLIGHT: usize = 64;
+
+/// A slow link's frames in flight, each with the instant it arrives.
+type Line<T> = mpsc::UnboundedSender<(Instant, T)>;
+
+fn start_line<T: Send + 'static>(out: mpsc::Sender<T>) -> Line<T> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(propagate(rx, out));
+    tx
 }
 
 /// One link's frames on their way through the test network.
@@ -175,6 +222,9 @@ struct Wire {
     out: mpsc::Sender<Frame>,
     /// A Delta held back to go after the next one (reorder).
     held: Option<Frame>,
+    /// Frames in flight on a slow link, each with the instant it arrives; started with the
+    /// first delayed frame.
+    line: Option<Line<Frame>>,
 }
 
 impl Wire {
@@ -201,13 +251,19 @@ impl Wire {
         }
     }
 
-    /// One frame: a Delta meets its fate, anything else goes straight through. Every fault
+    /// One frame: a Delta meets its fate (loss, duplication, reordering), anything else goes
+    /// through whole. Latency applies to every frame, Acks, Pings and Pongs too, so that a
+    /// round trip measured over the test network is the one it models; and every fault
     /// applies with or without latency: a lost Delta is lost on a slow link too.
     async fn pass(&mut self, f: Frame) -> Result<(), ()> {
-        if !matches!(f.kind, Some(Kind::Delta(_))) {
-            return self.send(f).await;
-        }
-        let fate = self.net.fate();
+        let fate = if matches!(f.kind, Some(Kind::Delta(_))) {
+            self.net.fate()
+        } else {
+            Fate {
+                delay: self.net.delay(),
+                ..Fate::default()
+            }
+        };
         if fate.drop {
             return Ok(());
         }
@@ -227,21 +283,30 @@ impl Wire {
             }
             return Ok(());
         }
-        // Latency, not bandwidth: the frames arrive later, the link carries on.
-        let out = self.out.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(fate.delay).await;
-            for f in frames {
-                if out.send(f).await.is_err() {
-                    return;
-                }
-            }
-        });
+        let arrives = Instant::now() + fate.delay;
+        let line = self
+            .line
+            .get_or_insert_with(|| start_line(self.out.clone()));
+        for f in frames {
+            line.send((arrives, f)).map_err(|_| ())?;
+        }
         Ok(())
     }
 
     async fn send(&self, f: Frame) -> Result<(), ()> {
         self.out.send(f).await.map_err(|_| ())
+    }
+}
+
+/// A slow link: latency, not bandwidth. Each frame arrives when its time comes and the link
+/// carries on meanwhile; one queue per link keeps the frames in the order they were sent, as
+/// a TCP stream does (the delay is the same for all, so arrival order is sending order).
+async fn propagate<T>(mut line: mpsc::UnboundedReceiver<(Instant, T)>, out: mpsc::Sender<T>) {
+    while let Some((arrives, f)) = line.recv().await {
+        tokio::time::sleep_until(arrives).await;
+        if out.send(f).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -324,6 +389,45 @@ mod tests {
         tx.send(delta()).await.expect("open");
         let f = rx.recv().await.expect("the Delta, late");
         assert!(matches!(f.kind, Some(Kind::Delta(_))), "{f:?}");
+    }
+
+    /// Acks, Pings and Pongs cross a slow link as slowly as Deltas: a round trip measured
+    /// over it is twice the one-way delay, as on the network it models, and nothing overtakes.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_link_delays_every_frame_and_keeps_their_order() {
+        let net = Arc::new(Faults::new());
+        net.set_delay(Duration::from_millis(25));
+        let (out, mut rx) = mpsc::channel(4);
+        let tx = net.wrap("a", "b", out).expect("not cut");
+        let sent = Instant::now();
+        tx.send(ping()).await.expect("open");
+        tx.send(delta()).await.expect("open");
+        let first = rx.recv().await.expect("the ping");
+        assert_eq!(sent.elapsed(), Duration::from_millis(25), "{first:?}");
+        assert!(matches!(first.kind, Some(Kind::Ping(_))), "{first:?}");
+        let second = rx.recv().await.expect("the Delta");
+        assert!(matches!(second.kind, Some(Kind::Delta(_))), "{second:?}");
+        assert_eq!(sent.elapsed(), Duration::from_millis(25));
+    }
+
+    /// The service's answers (Acks, Pongs) come back as slowly as the frames they answer.
+    #[tokio::test(start_paused = true)]
+    async fn answers_cross_a_slow_link_as_slowly_and_in_order() {
+        let net = Arc::new(Faults::new());
+        net.set_delay(Duration::from_millis(25));
+        let (out, mut rx) = mpsc::channel(4);
+        let tx = net.delay_answers(out);
+        let sent = Instant::now();
+        tx.send(Ok(ping())).await.expect("open");
+        tx.send(Ok(delta())).await.expect("open");
+        let first = rx.recv().await.expect("the first").expect("a frame");
+        assert_eq!(sent.elapsed(), Duration::from_millis(25));
+        assert!(matches!(first.kind, Some(Kind::Ping(_))), "{first:?}");
+        let second = rx.recv().await.expect("the second").expect("a frame");
+        assert!(matches!(second.kind, Some(Kind::Delta(_))), "{second:?}");
+        net.set_loss(1000, 0, 0);
+        tx.send(Ok(delta())).await.expect("open");
+        assert!(rx.recv().await.is_some(), "nothing is lost on the way back");
     }
 
     #[tokio::test]

@@ -145,6 +145,11 @@ impl Replication for PeerService {
         tx.send(Ok(frame(Kind::Hello(shared.hello()))))
             .await
             .map_err(|_| Status::cancelled("stream closed"))?;
+        // A test's network delays the answers too (None deployed).
+        let tx = match &shared.settings.faults {
+            None => tx,
+            Some(net) => net.delay_answers(tx),
+        };
         tokio::spawn(receive(
             shared.clone(),
             hello.node,
