@@ -6,14 +6,16 @@
 //! plus deviations plus a sync interval, so a lost last change would wait for it (65 ms on a
 //! link of 25 ms one way); a copy one sync interval after the send (on a link whose round trip
 //! is shorter, once the ack is late: [`super::outbox`] says when) arrives within two sync
-//! intervals plus the one-way latency, unless it is lost too. Each frame is copied once, and
-//! only its keys that no later frame carried: a key that keeps changing is in the next frame
-//! anyway. So below a sync interval of round trip only lost (or late) frames are copied, and
-//! above it the copies cost bytes for the keys that did not change again in the next round.
-//! A copy is not copied again (a key that stopped changing would otherwise go every sync
-//! interval until an acknowledgement comes back).
+//! intervals plus the one-way latency, unless it is lost too. So the copy has a copy of its
+//! own ([`MAX_COPIES`]): on a fast link one copy delay later (a round trip), on a slow link at
+//! once, in frames of their own ([`super::outbox::Outbox::flush`]), so that a change lost
+//! with its copy still arrives in time. Each frame is copied once, and only its keys that no
+//! later frame carried: a key that keeps changing is in the next frame anyway. So below a sync interval of round trip only lost (or late) frames are copied, and
+//! above it the copies cost bytes for the keys that did not change again in the next rounds.
+//! A copy's copy is not copied again (a key that stopped changing would otherwise go every
+//! sync interval until an acknowledgement comes back).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 use super::link::Encoding;
 use crate::clock::Nanos;
@@ -52,12 +54,19 @@ enum Copy {
     Sent { through: u64 },
 }
 
-/// The last frame a key went in, and whether it went as a copy.
+/// The last frame a key went in, and how many copies deep (0: as a change).
 #[derive(Debug, Clone, Copy)]
 struct LastSent {
     seq: u64,
-    copy: bool,
+    copies: u8,
 }
+
+/// A change goes at most this many times more as an early copy: its copy, and the copy's
+/// copy when that is unacknowledged too. One copy leaves a lost last change waiting for its
+/// resend whenever the copy is lost as well (loss squared: at 1 % loss, one frame in 10,000,
+/// which in a fleet of 2,450 links is a quarter of the bursts); two leave one in a million.
+/// A third would cost a slow link's quiet keys another frame each for a millionth.
+const MAX_COPIES: u8 = 2;
 
 /// What a session has in flight.
 #[derive(Debug, Default)]
@@ -66,9 +75,19 @@ pub(crate) struct InFlight {
     /// The last frame each key with a frame in flight went in: a copy takes only the keys
     /// whose last frame is the one copied.
     last_sent: HashMap<KeyId, LastSent>,
-    /// Keys queued as copies for the next flush (not as changes).
-    copying: HashSet<KeyId>,
+    /// Keys queued as copies for the next flush (not as changes), and how many copies deep.
+    copying: HashMap<KeyId, u8>,
+    /// Frames with keys taken out of flight before their acknowledgement came (resent,
+    /// dropped as copies, or covered), with when they went: a late ack of one still times the
+    /// round trip. Each resend goes under a seq of its own, so the sample is unambiguous (no
+    /// need for Karn's rule). Without it, a link whose round trip grows past its resend
+    /// timeout (the estimate of a quiet loopback link, then a slow one) resends every frame
+    /// before its ack comes, learns nothing from the acks, and resends every sync interval.
+    retired: VecDeque<(u64, Nanos)>,
 }
+
+/// Retired frames kept for their late acknowledgements: a few rounds' worth on a busy link.
+const RETIRED_KEPT: usize = 256;
 
 impl InFlight {
     /// Delta `seq` went with `keys`, standing for `round`; `copied`: it gets an early copy.
@@ -83,9 +102,9 @@ impl InFlight {
         let mut copy_only = copied && !keys.is_empty();
         if copied {
             for (k, _) in &keys {
-                let copy = self.copying.remove(k);
-                copy_only &= copy;
-                self.last_sent.insert(*k, LastSent { seq, copy });
+                let copies = self.copying.remove(k).unwrap_or(0);
+                copy_only &= copies > 0;
+                self.last_sent.insert(*k, LastSent { seq, copies });
             }
         }
         let copy = if copied { Copy::Due } else { Copy::Never };
@@ -102,8 +121,13 @@ impl InFlight {
     /// Frame `seq` is acknowledged. Returns when it was sent, if it carried keys (a
     /// SnapshotEnd is answered at once: no round trip sample). A copy has a seq of its own,
     /// so an acknowledgement always times the frame it names.
+    /// A frame retired before its ack still returns when it was sent (it changes nothing
+    /// else: its keys went again, or were acknowledged in another frame).
     pub fn ack(&mut self, seq: u64) -> Option<Nanos> {
-        let i = self.frames.iter().position(|f| f.seq == seq)?;
+        let Some(i) = self.frames.iter().position(|f| f.seq == seq) else {
+            let i = self.retired.iter().position(|(s, _)| *s == seq)?;
+            return self.retired.remove(i).map(|(_, at)| at);
+        };
         let f = self.frames.remove(i)?;
         self.forget(&f);
         self.drop_covered();
@@ -119,6 +143,18 @@ impl InFlight {
         }
     }
 
+    /// `f` is out of flight without its ack: forgotten, and kept to time its late ack.
+    fn retire(&mut self, f: &Sent) {
+        self.forget(f);
+        if f.keys.is_empty() {
+            return;
+        }
+        if self.retired.len() == RETIRED_KEPT {
+            self.retired.pop_front();
+        }
+        self.retired.push_back((f.seq, f.at));
+    }
+
     /// Take out of flight the copied frames whose every key the peer acknowledged since in a
     /// later frame (their copy, or a frame that carried them first).
     fn drop_covered(&mut self) {
@@ -132,7 +168,7 @@ impl InFlight {
             i -= 1;
             if covered(&self.frames[i], &self.frames) {
                 if let Some(f) = self.frames.remove(i) {
-                    self.forget(&f);
+                    self.retire(&f);
                 }
             }
         }
@@ -190,11 +226,11 @@ impl InFlight {
             let mut any = false;
             for (k, how) in &f.keys {
                 match self.last_sent.get(k) {
-                    Some(s) if s.seq == f.seq && s.copy => whole = false,
+                    Some(s) if s.seq == f.seq && s.copies >= MAX_COPIES => whole = false,
                     Some(s) if s.seq == f.seq => {
                         // Already dirty: a new change goes anyway, and it is no copy.
                         if !dirty.contains_key(k) {
-                            self.copying.insert(*k);
+                            self.copying.insert(*k, s.copies + 1);
                         }
                         Encoding::queue(dirty, *k, *how);
                         any = true;
@@ -208,6 +244,23 @@ impl InFlight {
             f.copy = if whole { Copy::Queued } else { Copy::Never };
         }
         copied
+    }
+
+    /// The keys of `keys` (a flush's, before it is sent) that go as copies, and may be
+    /// copied again.
+    pub fn first_copies(&self, keys: &[(KeyId, Encoding)]) -> Vec<(KeyId, Encoding)> {
+        keys.iter()
+            .filter(|(k, _)| self.copying.get(k).is_some_and(|&d| d < MAX_COPIES))
+            .copied()
+            .collect()
+    }
+
+    /// `keys`, just sent as copies, go again at once as their own copies (one copy deeper).
+    pub fn copy_again(&mut self, keys: &[(KeyId, Encoding)]) {
+        for (k, _) in keys {
+            let deep = self.last_sent.get(k).map_or(1, |s| s.copies);
+            self.copying.insert(*k, deep + 1);
+        }
     }
 
     /// The copies queued before a flush went in it, whose last frame is `through`.
@@ -237,7 +290,7 @@ impl InFlight {
                 kept.push_back(f);
                 continue;
             }
-            self.forget(&f);
+            self.retire(&f);
             if f.copy_only {
                 continue;
             }
@@ -290,7 +343,7 @@ mod tests {
     }
 
     #[test]
-    fn a_frame_unacknowledged_for_a_sync_interval_is_copied_once_and_stays_in_flight() {
+    fn a_frame_unacknowledged_for_a_sync_interval_is_copied_and_stays_in_flight() {
         let mut f = InFlight::default();
         f.sent(1, keys(&[1, 2]), 5, 0, true);
         assert_eq!(f.next_due(RESEND, COPY), Some(COPY));
@@ -301,13 +354,50 @@ mod tests {
         );
         assert_eq!(copy_and_send(&mut f, COPY, 2, 5), vec![key(1), key(2)]);
         assert_eq!(f.len(), 2, "the original stays in flight beside its copy");
-        // The copy is not copied again, and the original is not copied twice.
-        assert_eq!(copy_and_send(&mut f, 5 * COPY, 3, 5), Vec::<KeyId>::new());
+        // The copy, unacknowledged too, is copied once (the original not twice)...
+        assert_eq!(copy_and_send(&mut f, 2 * COPY, 3, 5), vec![key(1), key(2)]);
+        assert_eq!(f.len(), 3);
+        // ...and that copy is not copied again.
+        assert_eq!(copy_and_send(&mut f, 5 * COPY, 4, 5), Vec::<KeyId>::new());
         assert_eq!(
             f.next_due(RESEND, COPY),
             Some(RESEND),
             "only the resend is left"
         );
+    }
+
+    /// A slow link sends a copy's copy with the copy, in a frame of its own: either one
+    /// delivers the lost change, and neither is copied again.
+    #[test]
+    fn a_copy_sent_twice_at_once_is_copied_no_more() {
+        let mut f = InFlight::default();
+        f.sent(1, keys(&[1, 2]), 5, 0, true);
+        f.sent(2, keys(&[2]), 6, COPY / 2, true);
+        let mut dirty = HashMap::from([(key(3), Encoding::Own)]);
+        f.copy(COPY, COPY, &mut dirty);
+        let round: Vec<_> = dirty.into_iter().collect();
+        let twins = f.first_copies(&round);
+        assert_eq!(twins, keys(&[1]), "key 1 is a copy; key 3 a change");
+        f.sent(3, round, 7, COPY, true);
+        f.copy_again(&twins);
+        f.sent(4, twins, 7, COPY, true);
+        f.copies_sent(3);
+        assert_eq!(
+            copy_and_send(&mut f, 2 * COPY, 5, 7),
+            vec![key(2), key(3)],
+            "frame 2's key and frame 3's change; key 1 went twice already"
+        );
+        f.ack(2);
+        f.ack(3);
+        assert_eq!(
+            f.len(),
+            2,
+            "frame 1 covered by frames 2 and 3, the twin unacked"
+        );
+        assert_eq!(f.oldest_round(), None, "the copies left hold back no round");
+        f.ack(4);
+        f.ack(5);
+        assert!(f.is_empty());
     }
 
     #[test]
@@ -406,5 +496,46 @@ mod tests {
         assert_eq!(f.requeue(2 * MS, None, &mut dirty), (2, Some(4)));
         assert_eq!(sorted(&dirty), vec![key(1), key(2)]);
         assert!(f.is_empty());
+    }
+
+    /// A link whose round trip grew past its resend timeout resends every frame before its
+    /// ack comes: the late ack must still time the round trip, or the estimate never grows.
+    #[test]
+    fn a_late_ack_of_a_resent_frame_still_times_its_round_trip() {
+        let mut f = InFlight::default();
+        f.sent(1, keys(&[1]), 5, MS, true);
+        let mut dirty = HashMap::new();
+        assert_eq!(
+            f.requeue(RESEND + MS, Some(RESEND), &mut dirty),
+            (1, Some(5))
+        );
+        f.sent(2, dirty.into_iter().collect(), 5, RESEND + MS, true);
+        assert_eq!(f.ack(1), Some(MS), "frame 1 went at 1 ms");
+        assert_eq!(f.len(), 1, "its resend still waits for its own ack");
+        assert_eq!(f.ack(1), None, "timed once");
+        assert_eq!(f.ack(2), Some(RESEND + MS));
+    }
+
+    #[test]
+    fn a_late_ack_of_a_covered_original_times_it_too() {
+        let mut f = InFlight::default();
+        f.sent(1, keys(&[1, 2]), 5, 0, true);
+        copy_and_send(&mut f, COPY, 2, 5);
+        f.ack(2);
+        assert!(f.is_empty());
+        assert_eq!(f.ack(1), Some(0));
+    }
+
+    #[test]
+    fn only_the_latest_retired_frames_are_kept_for_their_acks() {
+        let mut f = InFlight::default();
+        let n = RETIRED_KEPT as u64 + 1;
+        for seq in 1..=n {
+            f.sent(seq, keys(&[seq]), 5, 0, false);
+        }
+        f.requeue(RESEND, None, &mut HashMap::new());
+        assert_eq!(f.ack(1), None, "the oldest was let go");
+        assert_eq!(f.ack(2), Some(0));
+        assert_eq!(f.ack(n), Some(0));
     }
 }

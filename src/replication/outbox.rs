@@ -162,6 +162,12 @@ impl<'a> Outbox<'a> {
         self.rtt.copy_after(self.slack)
     }
 
+    /// Whether frames are copied with the next fan-out round: on a link whose round trip is
+    /// a sync interval or more, or not measured yet ([`Rtt::copy_after`]).
+    fn copies_with_the_round(&self) -> bool {
+        self.copy_after() >= self.slack
+    }
+
     /// When the next unacknowledged frame is due to be resent or copied (`None`: nothing in
     /// flight).
     pub fn next_resend(&self) -> Option<Nanos> {
@@ -176,8 +182,7 @@ impl<'a> Outbox<'a> {
     /// fast link the copy goes on time: its ack may still be on its way a quarter early.
     pub fn copy_unacked(&mut self) {
         let copy = self.copy_after();
-        let with_the_round = copy >= self.slack;
-        let old_enough = nanos(if with_the_round {
+        let old_enough = nanos(if self.copies_with_the_round() {
             copy - copy / 4
         } else {
             copy
@@ -279,7 +284,12 @@ impl<'a> Outbox<'a> {
         Ok(())
     }
 
-    /// Send the dirty set's current states.
+    /// Send the dirty set's current states. On a link that copies with the round, the keys
+    /// that go as a first copy go a second time at once, in frames of their own: there no
+    /// acknowledgement can come back before the copy's own copy would be due a sync interval
+    /// later, so waiting for it tells nothing, and going now a lost last change reaches the
+    /// peer within two sync intervals plus the latency even when its copy is lost too (the
+    /// bytes are the same: a slow link's copy was always copied again).
     pub async fn flush(
         &mut self,
         shared: &Shared,
@@ -287,16 +297,39 @@ impl<'a> Outbox<'a> {
         round: u64,
     ) -> Result<(), End> {
         let (keys, stands_for) = self.drain(round);
-        if !keys.is_empty() {
-            let entries = keys
-                .into_iter()
-                .filter_map(|(k, how)| shared.store.get(k).map(|(l, s)| (k, how, l, s)))
-                .collect();
-            self.send_entries(shared, tx, entries, stands_for).await?;
+        let twins = if self.copies_with_the_round() {
+            self.in_flight.first_copies(&keys)
+        } else {
+            Vec::new()
+        };
+        self.send_states(shared, tx, keys, stands_for).await?;
+        // The copied frames are covered by the round's frames; the twins are a spare.
+        let through = self.seq;
+        if !twins.is_empty() {
+            self.in_flight.copy_again(&twins);
+            self.send_states(shared, tx, twins, stands_for).await?;
         }
-        self.in_flight.copies_sent(self.seq);
+        self.in_flight.copies_sent(through);
         self.publish();
         Ok(())
+    }
+
+    /// Send the current states of `keys` (those still in the store).
+    async fn send_states(
+        &mut self,
+        shared: &Shared,
+        tx: &mpsc::Sender<Frame>,
+        keys: Vec<(KeyId, Encoding)>,
+        stands_for: u64,
+    ) -> Result<(), End> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let entries = keys
+            .into_iter()
+            .filter_map(|(k, how)| shared.store.get(k).map(|(l, s)| (k, how, l, s)))
+            .collect();
+        self.send_entries(shared, tx, entries, stands_for).await
     }
 }
 
