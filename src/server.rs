@@ -134,24 +134,12 @@ pub async fn start_with_clock(
     let replication = replication_settings(&settings)?;
     let metrics = Metrics::new();
     metrics.config_loads_ok.increment(1);
-    let store = Arc::new(Store::new(
-        StoreConfig {
-            max_keys: settings.max_keys,
-            gc_horizon_ns: settings.gc_horizon.as_nanos().min(i64::MAX as u128) as i64,
-            track_dirty: replication.enabled(),
-            // Late remote consumption is debt, capped at about one capacity per member so a
-            // heal after a partition cannot lock a key out for long; replication keeps it in
-            // line with the live membership (this is the cap until the first members are known).
-            debt_cap_capacities: 2,
-            ..StoreConfig::default()
-        },
-        ReplicaId(0),
-    ));
+    let store = new_store(&settings, replication.enabled());
     let limiter = Arc::new(
         Limiter::new(
             cfg,
             store.clone(),
-            clock.clone(),
+            clock,
             metrics.clone(),
             RequestBounds {
                 max_descriptors: settings.max_descriptors,
@@ -171,12 +159,8 @@ pub async fn start_with_clock(
 
     let serving_tls = crate::tls::ServingListeners::load(&settings, &metrics)?;
     let telemetry = crate::telemetry::Telemetry::start(&settings)?;
-    let grpc_listener = TcpListener::bind(settings.grpc_addr)
-        .await
-        .with_context(|| format!("cannot listen for gRPC on {}", settings.grpc_addr))?;
-    let http_listener = TcpListener::bind(settings.http_addr)
-        .await
-        .with_context(|| format!("cannot listen for HTTP on {}", settings.http_addr))?;
+    let grpc_listener = bind(settings.grpc_addr, "gRPC").await?;
+    let http_listener = bind(settings.http_addr, "HTTP").await?;
     let grpc_addr = grpc_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
     let replicas = Arc::new(ReplicaTable::with_limit(
@@ -193,43 +177,28 @@ pub async fn start_with_clock(
         let peer_listener = PeerListener::bind(settings.peer_addr, replication.faults.as_deref())
             .await
             .with_context(|| format!("cannot listen for peers on {}", settings.peer_addr))?;
-        Some(
-            Replicator::start(
-                replication,
-                replicas.clone(),
-                peer_listener,
-                store.clone(),
-                limiter.clone(),
-                readiness.clone(),
-            )
-            .await?,
-        )
+        let r = Replicator::start(
+            replication,
+            replicas.clone(),
+            peer_listener,
+            store,
+            limiter.clone(),
+            readiness.clone(),
+        );
+        Some(r.await?)
     } else {
         None
     };
     let peer_addr = replicator.as_ref().map(|r| r.peer_addr);
 
-    let stop = CancellationToken::new();
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_service_status("", ServingStatus::Serving).await;
-    health
-        .set_service_status(rls::SERVICE_NAME, ServingStatus::Serving)
-        .await;
-    health
-        .set_service_status(rls::REFERENCE_HEALTH_NAME, ServingStatus::Serving)
-        .await;
-
+    set_health(&health, ServingStatus::Serving).await;
     let limits = connection_limits(&settings);
-    let incoming = crate::tls::incoming(
-        Listener::new(grpc_listener, "grpc", &limits, &metrics, true),
-        serving_tls.grpc.clone(),
-    );
     let rls = RlsService::new(limiter.clone(), readiness.clone())
         .with_tracer(telemetry.as_ref().map(|t| t.request_tracer()));
     let tracer = telemetry.as_ref().map(|t| t.tracer());
     let grpc_stop = CancellationToken::new();
-    let grpc = tokio::spawn({
-        let grpc_stop = grpc_stop.clone();
+    let grpc = tokio::spawn(
         tonic::transport::Server::builder()
             // One connection must not open streams without end (each costs memory).
             .max_concurrent_streams(settings.max_concurrent_streams)
@@ -238,8 +207,14 @@ pub async fn start_with_clock(
                 RateLimitServiceServer::new(rls),
                 metrics.clone(),
             ))
-            .serve_with_incoming_shutdown(incoming, grpc_stop.cancelled_owned())
-    });
+            .serve_with_incoming_shutdown(
+                crate::tls::incoming(
+                    Listener::new(grpc_listener, "grpc", &limits, &metrics, true),
+                    serving_tls.grpc.clone(),
+                ),
+                grpc_stop.clone().cancelled_owned(),
+            ),
+    );
 
     let http_stop = CancellationToken::new();
     let scrape = http::scrape::ScrapeGate::default();
@@ -279,66 +254,21 @@ pub async fn start_with_clock(
     let metrics_push = crate::telemetry::MetricsPush::start(&settings, limiter.clone(), scrape)?;
     info!(%grpc_addr, %http_addr, "tollgate serving");
 
-    let done = tokio::spawn({
-        let stop = stop.clone();
-        let readiness = readiness.clone();
-        let timeout = settings.shutdown_timeout;
-        async move {
-            stop.cancelled().await;
-            info!("shutting down: health NOT_SERVING, finishing in-flight requests");
-            readiness.set_draining();
-            health
-                .set_service_status("", ServingStatus::NotServing)
-                .await;
-            health
-                .set_service_status(rls::SERVICE_NAME, ServingStatus::NotServing)
-                .await;
-            health
-                .set_service_status(rls::REFERENCE_HEALTH_NAME, ServingStatus::NotServing)
-                .await;
-            grpc_stop.cancel();
-            http_stop.cancel();
-            background.cancel();
-            // One deadline for the whole shutdown, so its worst case is `timeout` and the
-            // chart's grace period can be checked against it. The drain may take three
-            // quarters of it: the handoff (what loses nothing) always gets the rest.
-            let start = tokio::time::Instant::now();
-            let deadline = start + timeout;
-            let drained_by = start + timeout.mul_f64(0.75);
-            let finished = tokio::time::timeout_at(drained_by, async {
-                let g = grpc.await;
-                let h = http.await;
-                (g, h)
-            })
-            .await;
-            let served = match finished {
-                Ok((g, h)) => g
-                    .context("gRPC server task")
-                    .and_then(|r| r.context("gRPC server"))
-                    .and_then(|_| h.context("HTTP server task"))
-                    .and_then(|r| r.context("HTTP server")),
-                Err(_) => {
-                    warn!(?timeout, "shutdown: requests still in flight at the drain's share of --shutdown-timeout; handing off");
-                    Ok(())
-                }
-            };
-            // No more admissions now: hand what this node admitted to its peers.
-            if let Some(r) = replicator {
-                r.hand_off(deadline).await;
-                r.stop(deadline).await;
-            }
-            if let Some(p) = metrics_push {
-                p.stop(deadline).await;
-            }
-            if let Some(t) = telemetry {
-                t.shutdown(deadline).await;
-            }
-            served?;
-            info!("shutdown complete");
-            Ok(())
-        }
-    });
-
+    let stop = CancellationToken::new();
+    let shutdown = Shutdown {
+        timeout: settings.shutdown_timeout,
+        readiness: readiness.clone(),
+        health,
+        grpc_stop,
+        http_stop,
+        background,
+        grpc,
+        http,
+        replicator,
+        metrics_push,
+        telemetry,
+    };
+    let done = tokio::spawn(shutdown.after(stop.clone()));
     Ok(Running {
         grpc_addr,
         http_addr,
@@ -350,6 +280,109 @@ pub async fn start_with_clock(
         stop,
         done,
     })
+}
+
+fn new_store(settings: &Settings, replicated: bool) -> Arc<Store> {
+    Arc::new(Store::new(
+        StoreConfig {
+            max_keys: settings.max_keys,
+            gc_horizon_ns: settings.gc_horizon.as_nanos().min(i64::MAX as u128) as i64,
+            track_dirty: replicated,
+            // Late remote consumption is debt, capped at about one capacity per member so a
+            // heal after a partition cannot lock a key out for long; replication keeps it in
+            // line with the live membership (this is the cap until the first members are known).
+            debt_cap_capacities: 2,
+            ..StoreConfig::default()
+        },
+        ReplicaId(0),
+    ))
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for {what} on {addr}"))
+}
+
+/// The service's health under every name probes use: the whole server, tollgate's service
+/// name, and the reference's (`ratelimit`).
+async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    for name in ["", rls::SERVICE_NAME, rls::REFERENCE_HEALTH_NAME] {
+        health.set_service_status(name, status).await;
+    }
+}
+
+/// What the graceful shutdown stops, in its order.
+struct Shutdown {
+    timeout: Duration,
+    readiness: Arc<Readiness>,
+    health: tonic_health::server::HealthReporter,
+    grpc_stop: CancellationToken,
+    http_stop: CancellationToken,
+    background: CancellationToken,
+    grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    http: JoinHandle<std::io::Result<()>>,
+    replicator: Option<Replicator>,
+    metrics_push: Option<crate::telemetry::MetricsPush>,
+    telemetry: Option<crate::telemetry::Telemetry>,
+}
+
+impl Shutdown {
+    /// Once `stop` is cancelled: health NOT_SERVING, drain the servers, hand off, and stop
+    /// the exporters, all within one deadline, so that the worst case is `--shutdown-timeout`
+    /// and the chart's grace period can be checked against it.
+    async fn after(self, stop: CancellationToken) -> anyhow::Result<()> {
+        stop.cancelled().await;
+        info!("shutting down: health NOT_SERVING, finishing in-flight requests");
+        self.readiness.set_draining();
+        set_health(&self.health, ServingStatus::NotServing).await;
+        self.grpc_stop.cancel();
+        self.http_stop.cancel();
+        self.background.cancel();
+        let start = tokio::time::Instant::now();
+        let deadline = start + self.timeout;
+        // The drain may take three quarters of it: the handoff (what loses nothing) always
+        // gets the rest.
+        let drained_by = start + self.timeout.mul_f64(0.75);
+        let served = Self::drain(self.grpc, self.http, self.timeout, drained_by).await;
+        // No more admissions now: hand what this node admitted to its peers.
+        if let Some(r) = self.replicator {
+            r.hand_off(deadline).await;
+            r.stop(deadline).await;
+        }
+        if let Some(p) = self.metrics_push {
+            p.stop(deadline).await;
+        }
+        if let Some(t) = self.telemetry {
+            t.shutdown(deadline).await;
+        }
+        served?;
+        info!("shutdown complete");
+        Ok(())
+    }
+
+    /// Wait for both servers to finish their in-flight requests, until `by`.
+    async fn drain(
+        grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+        http: JoinHandle<std::io::Result<()>>,
+        timeout: Duration,
+        by: tokio::time::Instant,
+    ) -> anyhow::Result<()> {
+        match tokio::time::timeout_at(by, async { (grpc.await, http.await) }).await {
+            Ok((g, h)) => g
+                .context("gRPC server task")
+                .and_then(|r| r.context("gRPC server"))
+                .and_then(|_| h.context("HTTP server task"))
+                .and_then(|r| r.context("HTTP server")),
+            Err(_) => {
+                warn!(
+                    ?timeout,
+                    "shutdown: requests still in flight at the drain's share of --shutdown-timeout; handing off"
+                );
+                Ok(())
+            }
+        }
+    }
 }
 
 fn connection_limits(s: &Settings) -> Limits {
