@@ -9,7 +9,7 @@
 //! and reordering act on whole Deltas, after the link numbered them, which is what a lossy
 //! network does to frames, and latency delays every frame, so round trips are real ones.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,6 +50,8 @@ struct State {
     duplicate: u32,
     reorder: u32,
     delay: Duration,
+    /// Per sending node: how many of its next Deltas are lost, whatever the chances say.
+    planned_losses: HashMap<String, u32>,
 }
 
 /// What to do with one outbound Delta.
@@ -128,6 +130,34 @@ impl Faults {
     /// Every frame takes this long to cross a link (one-way latency).
     pub fn set_delay(&self, delay: Duration) {
         self.state.lock().delay = delay;
+    }
+
+    /// The next `n` Deltas node `from` sends are lost (on whichever links they go): for a
+    /// test that loses a chosen frame and its copies rather than waiting for chance to.
+    pub fn lose_next_deltas(&self, from: &str, n: u32) {
+        self.state.lock().planned_losses.insert(from.to_string(), n);
+    }
+
+    /// How many of the losses planned for `from` have not happened yet.
+    pub fn planned_losses_left(&self, from: &str) -> u32 {
+        self.state
+            .lock()
+            .planned_losses
+            .get(from)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Whether the next Delta from `from` is a planned loss (and one fewer is left).
+    fn planned_loss(&self, from: &str) -> bool {
+        let mut s = self.state.lock();
+        match s.planned_losses.get_mut(from) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        }
     }
 
     fn delay(&self) -> Duration {
@@ -257,7 +287,9 @@ impl Wire {
     /// applies with or without latency: a lost Delta is lost on a slow link too.
     async fn pass(&mut self, f: Frame) -> Result<(), ()> {
         let fate = if matches!(f.kind, Some(Kind::Delta(_))) {
-            self.net.fate()
+            let mut fate = self.net.fate();
+            fate.drop |= self.net.planned_loss(&self.from);
+            fate
         } else {
             Fate {
                 delay: self.net.delay(),
@@ -357,6 +389,28 @@ mod tests {
         assert!(rx.recv().await.is_some());
         net.cut("b", "a");
         assert!(rx.recv().await.is_none(), "the stream closes on the cut");
+    }
+
+    #[tokio::test]
+    async fn the_next_deltas_of_one_node_are_lost_as_planned() {
+        let net = Arc::new(Faults::new());
+        net.lose_next_deltas("a", 2);
+        let (out_a, mut rx_a) = mpsc::channel(4);
+        let (out_b, mut rx_b) = mpsc::channel(4);
+        let from_a = net.wrap("a", "b", out_a).expect("not cut");
+        let from_b = net.wrap("b", "a", out_b).expect("not cut");
+        from_b.send(delta()).await.expect("open");
+        assert!(rx_b.recv().await.is_some(), "b's Deltas are not a's losses");
+        for _ in 0..3 {
+            from_a.send(delta()).await.expect("open");
+        }
+        from_a.send(ping()).await.expect("open");
+        let kinds = [rx_a.recv().await, rx_a.recv().await].map(|f| f.and_then(|f| f.kind));
+        assert!(
+            matches!(kinds, [Some(Kind::Delta(_)), Some(Kind::Ping(_))]),
+            "two Deltas lost, the third and the Ping through: {kinds:?}"
+        );
+        assert_eq!(net.planned_losses_left("a"), 0);
     }
 
     #[tokio::test]

@@ -59,10 +59,9 @@ async fn within(what: &str, secs: u64, mut f: impl AsyncFnMut() -> bool) {
 impl Fleet {
     /// `n` members; each knows only the first one's address (its seed). Their liveness time
     /// is tokio's clock (paused or not, as the test's runtime is). Their links have `latency`
-    /// from the start, as a real fleet's do: each
-    /// link's round-trip estimate is the real one when the load comes (a latency set after
-    /// the fleet formed would find every estimate near zero, and every frame of the load
-    /// resent before its first ack came back).
+    /// from the start, as a real fleet's do: each link's round-trip estimate is the real one
+    /// when the load comes (a latency set after the fleet formed would find every estimate
+    /// near zero, and every frame of the load resent before its first ack came back).
     async fn start(n: usize, latency: Duration) -> Fleet {
         let dir = tempfile::tempdir().expect("tmp");
         std::fs::write(dir.path().join("c.yaml"), FLEET_CONFIG).expect("config");
@@ -448,6 +447,47 @@ async fn converges_in_paused_time(latency: Duration) {
     assert!(
         resent < links / 20.0,
         "{resent} frames resent after the load on {links} links"
+    );
+}
+
+/// The case behind the copy's copy, made to happen rather than waited for: the one change
+/// of a quiet cluster is lost, and its first copy too. On a 25 ms link no acknowledgement can
+/// come back within a sync interval, so the copy's own copy goes with the copy, in a frame of
+/// its own, and the change arrives within two sync intervals plus the latency. A copy's copy a
+/// sync interval later would arrive 10 ms past that, and the resend more than a round trip
+/// later.
+#[tokio::test(start_paused = true)]
+async fn in_paused_time_a_change_lost_with_its_copy_arrives_within_two_sync_intervals() {
+    let latency = Duration::from_millis(25);
+    let fleet = Fleet::start(2, latency).await;
+    fleet.net.lose_next_deltas("n0", 2);
+    let mut client = fleet.nodes[0].client.clone();
+    let answer = client
+        .should_rate_limit(req("key0", 1))
+        .await
+        .expect("answered")
+        .into_inner();
+    assert_eq!(answer.overall_code, 1, "admitted");
+    let changed = Instant::now();
+    let (a, b) = (&fleet.nodes[0], &fleet.nodes[1]);
+    // Lost, not late: it goes with the next round, at most a sync interval after the change.
+    tokio::time::sleep(SYNC + latency + Duration::from_micros(500)).await;
+    assert_ne!(b.view(), a.view(), "the change itself was lost");
+    while b.view() != a.view() {
+        assert!(changed.elapsed() < Duration::from_secs(5), "never arrived");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let took = changed.elapsed();
+    assert_eq!(
+        fleet.net.planned_losses_left("n0"),
+        0,
+        "the change and its copy were both lost"
+    );
+    let target = 2 * SYNC + latency + Duration::from_millis(1);
+    eprintln!("a change lost with its copy arrived {took:?} after it (target {target:?})");
+    assert!(
+        took <= target,
+        "arrived {took:?} after the change, target {target:?}"
     );
 }
 
