@@ -196,9 +196,8 @@ impl Faults {
             net: self.clone(),
             from: from.to_string(),
             to: to.to_string(),
-            out,
+            way: Way::new(out),
             held: None,
-            line: None,
         };
         tokio::spawn(wire.run(rx));
         Some(tx)
@@ -213,17 +212,9 @@ impl Faults {
         let (tx, mut rx) = mpsc::channel(ANSWERS_IN_FLIGHT);
         let net = self.clone();
         tokio::spawn(async move {
-            let mut line = None;
+            let mut way = Way::new(out);
             while let Some(a) = rx.recv().await {
-                let delay = net.delay();
-                if delay.is_zero() && line.is_none() {
-                    if out.send(a).await.is_err() {
-                        return;
-                    }
-                    continue;
-                }
-                let line = line.get_or_insert_with(|| start_line(out.clone()));
-                if line.send((Instant::now() + delay, a)).is_err() {
+                if way.send(a, net.delay()).await.is_err() {
                     return;
                 }
             }
@@ -235,13 +226,33 @@ impl Faults {
 /// Room for answers on their way back, as the service's own channel has.
 const ANSWERS_IN_FLIGHT: usize = 64;
 
-/// A slow link's frames in flight, each with the instant it arrives.
-type Line<T> = mpsc::UnboundedSender<(Instant, T)>;
+/// One direction of a link: frames go on to `out` at once, or, once any frame was delayed,
+/// through a line that keeps them in order (so a frame sent after the delay was lifted does
+/// not overtake the ones still on their way).
+struct Way<T> {
+    out: mpsc::Sender<T>,
+    /// Frames in flight on a slow link, each with the instant it arrives; started with the
+    /// first delayed frame.
+    line: Option<mpsc::UnboundedSender<(Instant, T)>>,
+}
 
-fn start_line<T: Send + 'static>(out: mpsc::Sender<T>) -> Line<T> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(propagate(rx, out));
-    tx
+impl<T: Send + 'static> Way<T> {
+    fn new(out: mpsc::Sender<T>) -> Self {
+        Way { out, line: None }
+    }
+
+    /// `f` arrives `delay` from now; `Err`: the stream is gone.
+    async fn send(&mut self, f: T, delay: Duration) -> Result<(), ()> {
+        if delay.is_zero() && self.line.is_none() {
+            return self.out.send(f).await.map_err(|_| ());
+        }
+        let line = self.line.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(propagate(rx, self.out.clone()));
+            tx
+        });
+        line.send((Instant::now() + delay, f)).map_err(|_| ())
+    }
 }
 
 /// One link's frames on their way through the test network.
@@ -249,12 +260,9 @@ struct Wire {
     net: Arc<Faults>,
     from: String,
     to: String,
-    out: mpsc::Sender<Frame>,
+    way: Way<Frame>,
     /// A Delta held back to go after the next one (reorder).
     held: Option<Frame>,
-    /// Frames in flight on a slow link, each with the instant it arrives; started with the
-    /// first delayed frame.
-    line: Option<Line<Frame>>,
 }
 
 impl Wire {
@@ -309,24 +317,10 @@ impl Wire {
         }
         frames.push(f);
         frames.extend(self.held.take());
-        if fate.delay.is_zero() {
-            for f in frames {
-                self.send(f).await?;
-            }
-            return Ok(());
-        }
-        let arrives = Instant::now() + fate.delay;
-        let line = self
-            .line
-            .get_or_insert_with(|| start_line(self.out.clone()));
         for f in frames {
-            line.send((arrives, f)).map_err(|_| ())?;
+            self.way.send(f, fate.delay).await?;
         }
         Ok(())
-    }
-
-    async fn send(&self, f: Frame) -> Result<(), ()> {
-        self.out.send(f).await.map_err(|_| ())
     }
 }
 
